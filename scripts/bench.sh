@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Benchmarks that print ratios against a baseline measured in the same run.
+# Usage: scripts/bench.sh hrl [MiB]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+what=${1:-}
+case "$what" in
+hrl)
+    mib=${2:-1024}
+    step "hrl format: writer and reader vs write(2)/read(2) on tmpfs (/dev/shm), $mib MiB"
+    cargo build --release -q -p hrl-format --example bench
+    target/release/examples/bench /dev/shm "$mib"
+    ;;
+*)
+    echo "usage: scripts/bench.sh hrl [MiB]" >&2
+    exit 2
+    ;;
+esac

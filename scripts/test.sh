@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every test of hrl: formatting, lints, unit, property, integration and
+# root tests. Installs what the tests need on a fresh machine (as root).
+# Usage: sudo scripts/test.sh [extra nextest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+install_test_deps
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast "$@"
+else
+    cargo test --workspace --locked --no-fail-fast "$@"
+fi
