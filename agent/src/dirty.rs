@@ -1,0 +1,124 @@
+//! The dirty map: one bit per chunk of the device.
+//!
+//! Bits are atomics so that the tracker can set them while the pre-copier
+//! clears them on another thread. The pre-copier clears a bit *before* it
+//! reads the chunk: a write that completes after the clear sets it again,
+//! so a chunk is never left clean with stale data.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub struct DirtyMap {
+    chunk_size: u64,
+    device_size: u64,
+    chunks: u64,
+    words: Vec<AtomicU64>,
+}
+
+impl DirtyMap {
+    /// A clean map for a device of `device_size` bytes.
+    pub fn new(device_size: u64, chunk_size: u32) -> Self {
+        let chunk_size = chunk_size as u64;
+        let chunks = device_size.div_ceil(chunk_size);
+        let words = (0..chunks.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        DirtyMap {
+            chunk_size,
+            device_size,
+            chunks,
+            words,
+        }
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+    pub fn device_size(&self) -> u64 {
+        self.device_size
+    }
+
+    /// Marks every chunk touched by `[offset, offset+len)`; returns how many
+    /// were clean before.
+    pub fn mark_range(&self, offset: u64, len: u64) -> u64 {
+        if len == 0 || offset >= self.device_size {
+            return 0;
+        }
+        let first = offset / self.chunk_size;
+        let last = ((offset + len - 1) / self.chunk_size).min(self.chunks - 1);
+        let mut newly = 0;
+        for c in first..=last {
+            if self.set(c) {
+                newly += 1;
+            }
+        }
+        newly
+    }
+
+    /// Marks chunk `c`; true if it was clean.
+    pub fn set(&self, c: u64) -> bool {
+        let bit = 1u64 << (c % 64);
+        self.words[(c / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit == 0
+    }
+
+    /// Clears chunk `c`; true if it was dirty.
+    pub fn clear(&self, c: u64) -> bool {
+        let bit = 1u64 << (c % 64);
+        self.words[(c / 64) as usize].fetch_and(!bit, Ordering::AcqRel) & bit != 0
+    }
+
+    pub fn is_dirty(&self, c: u64) -> bool {
+        self.words[(c / 64) as usize].load(Ordering::Acquire) & (1u64 << (c % 64)) != 0
+    }
+
+    /// Marks the whole device (after a loss: everything must be resynced).
+    pub fn mark_all(&self) {
+        for (i, w) in self.words.iter().enumerate() {
+            let base = i as u64 * 64;
+            let n = (self.chunks - base).min(64);
+            let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+            w.fetch_or(mask, Ordering::AcqRel);
+        }
+    }
+
+    /// Number of dirty chunks.
+    pub fn count(&self) -> u64 {
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Acquire).count_ones() as u64)
+            .sum()
+    }
+
+    /// Dirty chunk indices, in order.
+    pub fn dirty_chunks(&self) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (i, w) in self.words.iter().enumerate() {
+            let mut v = w.load(Ordering::Acquire);
+            while v != 0 {
+                let b = v.trailing_zeros() as u64;
+                out.push(i as u64 * 64 + b);
+                v &= v - 1;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mark_clear_count() {
+        let m = DirtyMap::new(10 * 65536 + 100, 65536);
+        assert_eq!(m.chunks(), 11);
+        assert_eq!(m.mark_range(65535, 2), 2);
+        assert_eq!(m.mark_range(65536, 10), 0);
+        assert_eq!(m.dirty_chunks(), vec![0, 1]);
+        assert!(m.clear(0) && !m.clear(0));
+        m.mark_range(10 * 65536, 1 << 30); // clipped to the last chunk
+        assert_eq!(m.dirty_chunks(), vec![1, 10]);
+        m.mark_all();
+        assert_eq!(m.count(), 11);
+    }
+}
