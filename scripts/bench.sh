@@ -13,8 +13,11 @@ hrl)
     cargo build --release -q -p hrl-format --example bench
     target/release/examples/bench /dev/shm "$mib"
     ;;
+tracker)
+    exec bash scripts/bench-tracker.sh
+    ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB]" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker" >&2
     exit 2
     ;;
 esac

@@ -449,3 +449,55 @@ fn restart_is_a_loss_and_stale_instances_are_removed() {
                 .expect("every segment whole after recovery");
         });
 }
+
+#[test]
+fn bio_based_device_is_tracked_through_block_bio_complete() {
+    if !require_root("bio_based_device_is_tracked_through_block_bio_complete") {
+        return;
+    }
+    let z = match ZramDev::new(256 * MIB) {
+        Ok(z) => z,
+        Err(why) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("no bio-based device to test with: {why}");
+            }
+            eprintln!("SKIP bio_based_device_is_tracked_through_block_bio_complete: {why}");
+            return;
+        }
+    };
+    let bd = hrl_agent::device::BlockDevice::open(&z.path).unwrap();
+    assert!(!bd.request_based, "zram is expected to be bio-based");
+    assert_eq!(bd.trace_target().event, "block_bio_complete");
+    let spool = tempfile::tempdir().unwrap();
+    let mut agent = Agent::track(&z.path, spool.path(), &[]);
+    let before = image(&z.path);
+    let f = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&z.path)
+        .unwrap();
+    let mut buf = Aligned::new(MIB as usize);
+    let mut rng = Rng(17);
+    let mut issued = RangeSet::default();
+    for _ in 0..500 {
+        let len = (1 + rng.below(32)) * 4096;
+        let off = rng.below((256 * MIB - len) / 4096) * 4096;
+        rng.fill(&mut buf.as_mut()[..len as usize]);
+        f.write_all_at(&buf.as_ref()[..len as usize], off).unwrap();
+        issued.insert(off, len);
+    }
+    let after = image(&z.path);
+    assert_eq!(agent.stop(), 0);
+    let (tracked, _, lost) = tracked(spool.path());
+    assert!(lost.is_empty());
+    let diff = changed(&before, &after);
+    eprintln!(
+        "zram: changed {} tracked {} issued {}",
+        diff.covered(),
+        tracked.covered(),
+        issued.covered()
+    );
+    assert!(diff.covered() > MIB);
+    assert_subset(&diff, &tracked, "changed zram sector not tracked");
+    assert_subset(&tracked, &issued, "tracked a zram range never written");
+}

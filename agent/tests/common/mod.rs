@@ -403,3 +403,36 @@ pub fn instances_of(pid: i32) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// A zram device of our own (hot_add), a bio-based block device; reset and
+/// removed on drop. `None` (with the reason) when zram-control is missing.
+pub struct ZramDev {
+    pub path: PathBuf,
+    pub num: u32,
+}
+
+impl ZramDev {
+    pub fn new(size: u64) -> Result<Self, String> {
+        let ctl = Path::new("/sys/class/zram-control/hot_add");
+        let n = std::fs::read_to_string(ctl).map_err(|e| format!("{}: {e}", ctl.display()))?;
+        let num: u32 = n.trim().parse().map_err(|_| format!("hot_add returned {n:?}"))?;
+        let z = ZramDev {
+            path: PathBuf::from(format!("/dev/zram{num}")),
+            num,
+        };
+        std::fs::write(format!("/sys/block/zram{num}/disksize"), size.to_string())
+            .map_err(|e| format!("zram{num} disksize: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !z.path.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(z)
+    }
+}
+
+impl Drop for ZramDev {
+    fn drop(&mut self) {
+        let _ = std::fs::write(format!("/sys/block/zram{}/reset", self.num), "1");
+        let _ = std::fs::write("/sys/class/zram-control/hot_remove", self.num.to_string());
+    }
+}
