@@ -104,6 +104,41 @@ impl DirtyMap {
     }
 }
 
+/// Chunks dirtied recently: two bitsets, rotated every `hot_delay / 2`; a
+/// chunk is hot while it is set in either. Pre-copy waits for hot chunks,
+/// so a journal block rewritten many times a second is copied once it
+/// settles (or at the next point), not on every write.
+pub struct HotMap {
+    sets: [DirtyMap; 2],
+    cur: std::sync::atomic::AtomicUsize,
+}
+
+impl HotMap {
+    pub fn new(device_size: u64, chunk_size: u32) -> Self {
+        HotMap {
+            sets: [
+                DirtyMap::new(device_size, chunk_size),
+                DirtyMap::new(device_size, chunk_size),
+            ],
+            cur: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+    pub fn mark_range(&self, offset: u64, len: u64) {
+        self.sets[self.cur.load(Ordering::Acquire)].mark_range(offset, len);
+    }
+    pub fn is_hot(&self, c: u64) -> bool {
+        self.sets[0].is_dirty(c) || self.sets[1].is_dirty(c)
+    }
+    /// Forgets the older half.
+    pub fn rotate(&self) {
+        let next = 1 - self.cur.load(Ordering::Acquire);
+        for w in &self.sets[next].words {
+            w.store(0, Ordering::Release);
+        }
+        self.cur.store(next, Ordering::Release);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

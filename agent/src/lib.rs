@@ -1,12 +1,21 @@
 //! hrl-agent: tracks which blocks of Linux disks change and writes them to
 //! `.hrl` logs in a spool directory. It never talks to blob storage.
 
+pub mod capture;
+pub mod config;
+pub mod control;
 pub mod device;
 pub mod dirty;
+pub mod disk;
 pub mod error;
 pub mod event;
+pub mod freeze;
+pub mod hashes;
+pub mod hooks;
 pub mod lock;
+pub mod point;
 pub mod ringbuf;
+pub mod run;
 pub mod state;
 pub mod tracefs;
 pub mod track;

@@ -1,8 +1,9 @@
 //! `hrl-agent`: command line.
 //!
-//! Exit codes: 0 success; 1 runtime failure; 2 usage or configuration error
-//! (bad arguments, not a block device, spool on the tracked device, already
-//! tracked, no permission).
+//! Exit codes: 0 success; 1 runtime failure (or a point that was not
+//! taken); 2 usage or configuration error (bad arguments, not a block
+//! device, spool on the tracked device, already tracked, no permission, no
+//! agent running).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,45 +11,202 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use hrl_agent::track::{parse_size, run_track, TrackOptions};
+use clap::{Args, Parser, Subcommand};
+use hrl_agent::config::{parse_duration, parse_size, AgentConfig, DiskConfig};
+use hrl_agent::control::{request, socket_path};
+use hrl_agent::track::{run_track, TrackOptions};
 use hrl_agent::AgentError;
+use serde_json::json;
 
 #[derive(Parser)]
 #[command(
     name = "hrl-agent",
     version,
-    about = "Track changed blocks of Linux disks into .hrl logs"
+    about = "Track and capture changed blocks of Linux disks into .hrl logs"
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+#[derive(Args, Clone)]
+struct Target {
+    /// Agent config file (its spool's control socket is used).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Spool directory of the running agent.
+    #[arg(long)]
+    spool: Option<PathBuf>,
+    /// Control socket path.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+impl Target {
+    fn socket(&self) -> Result<PathBuf, AgentError> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(s) = &self.spool {
+            return Ok(socket_path(s));
+        }
+        let cfg = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/etc/hrl/agent.toml"));
+        Ok(socket_path(&AgentConfig::load(&cfg)?.spool))
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Track one device in the foreground (Extent/Flush/Lost records only)
-    /// until SIGINT or SIGTERM.
+    /// Run the agent: track, capture and take points for one or more disks.
+    Run(Box<RunArgs>),
+    /// Ask the running agent for a point now; prints its sequence and freeze time.
+    Point {
+        #[arg(long)]
+        disk: String,
+        /// App-consistent point (runs the pre-freeze and post-thaw hooks).
+        #[arg(long)]
+        app: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show every disk's mode, dirty and spool bytes, last point, rates.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Track one device only (Extent/Flush/Lost records, no data) until
+    /// SIGINT or SIGTERM.
     Track {
         #[arg(long)]
         device: PathBuf,
         #[arg(long)]
         spool: PathBuf,
-        /// Disk name for state and logs (default: the kernel device name).
         #[arg(long)]
         name: Option<String>,
         #[arg(long, default_value = "64KiB")]
         chunk_size: String,
-        /// Kernel ring buffer per CPU.
         #[arg(long, default_value = "4096KiB")]
         trace_buffer: String,
-        /// How often the buffers are read, in milliseconds.
         #[arg(long, default_value_t = 20)]
         poll_ms: u64,
-        /// Rotate spool segments at this size.
         #[arg(long, default_value = "64MiB")]
         segment_size: String,
     },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config (see docs/operations.md). The flags below describe one
+    /// disk instead, and override agent-wide options of the file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    device: Option<PathBuf>,
+    #[arg(long)]
+    spool: Option<PathBuf>,
+    /// Disk name (default: the kernel device name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Mount point to freeze (default: found in /proc/self/mountinfo).
+    #[arg(long)]
+    mount: Option<PathBuf>,
+    #[arg(long)]
+    point_interval: Option<String>,
+    #[arg(long)]
+    max_freeze: Option<String>,
+    #[arg(long)]
+    spool_limit: Option<String>,
+    #[arg(long)]
+    pre_freeze: Option<String>,
+    #[arg(long)]
+    while_frozen: Option<String>,
+    #[arg(long)]
+    post_thaw: Option<String>,
+    /// Periodic points are app points.
+    #[arg(long)]
+    app_points: bool,
+    #[arg(long)]
+    chunk_size: Option<String>,
+    #[arg(long)]
+    trace_buffer: Option<String>,
+    #[arg(long)]
+    segment_size: Option<String>,
+    /// Capture read limit, bytes per second (e.g. 50MiB).
+    #[arg(long)]
+    capture_rate: Option<String>,
+    #[arg(long)]
+    hot_delay: Option<String>,
+    #[arg(long)]
+    hook_timeout: Option<String>,
+}
+
+fn build_config(a: RunArgs) -> Result<AgentConfig, AgentError> {
+    let mut cfg = match (&a.config, &a.spool) {
+        (Some(p), _) => AgentConfig::load(p)?,
+        (None, Some(s)) => AgentConfig::new(s),
+        (None, None) => {
+            return Err(AgentError::Config(
+                "give --config FILE, or --device DEV and --spool DIR".into(),
+            ))
+        }
+    };
+    if let Some(s) = a.spool {
+        cfg.spool = s;
+    }
+    if let Some(dev) = a.device {
+        let name = match a.name {
+            Some(n) => n,
+            None => hrl_agent::device::BlockDevice::open(&dev)?.name,
+        };
+        cfg.disks.push(DiskConfig {
+            name,
+            device: dev,
+            mount: a.mount,
+            pre_freeze: a.pre_freeze,
+            while_frozen: a.while_frozen,
+            post_thaw: a.post_thaw,
+        });
+    }
+    if let Some(v) = a.point_interval {
+        cfg.point_interval = parse_duration(&v)?;
+    }
+    if let Some(v) = a.max_freeze {
+        cfg.max_freeze = parse_duration(&v)?;
+    }
+    if let Some(v) = a.hook_timeout {
+        cfg.hook_timeout = parse_duration(&v)?;
+    }
+    if let Some(v) = a.hot_delay {
+        cfg.hot_delay = parse_duration(&v)?;
+    }
+    if let Some(v) = a.spool_limit {
+        cfg.spool_limit = parse_size(&v)?;
+    }
+    if let Some(v) = a.capture_rate {
+        cfg.capture_rate = parse_size(&v)?;
+    }
+    if let Some(v) = a.chunk_size {
+        cfg.chunk_size =
+            u32::try_from(parse_size(&v)?).map_err(|_| AgentError::Config("chunk size too large".into()))?;
+    }
+    if let Some(v) = a.trace_buffer {
+        cfg.trace_buffer_kb = (parse_size(&v)? / 1024).max(1) as u32;
+    }
+    if let Some(v) = a.segment_size {
+        cfg.segment_size = parse_size(&v)?;
+    }
+    if a.app_points {
+        cfg.app_points = true;
+    }
+    cfg.validate()?;
+    Ok(cfg)
 }
 
 fn exit_code(e: &AgentError) -> u8 {
@@ -63,6 +221,25 @@ fn exit_code(e: &AgentError) -> u8 {
     }
 }
 
+fn stop_flag() -> Result<Arc<AtomicBool>, AgentError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| AgentError::io("signal handler", "register", e))?;
+    }
+    Ok(stop)
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < 4 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", U[i])
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -72,7 +249,72 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
-    let r = match cli.cmd {
+    let r: Result<u8, AgentError> = (|| match cli.cmd {
+        Cmd::Run(a) => {
+            let cfg = build_config(*a)?;
+            hrl_agent::run::run(&cfg, stop_flag()?)?;
+            Ok(0)
+        }
+        Cmd::Point {
+            disk,
+            app,
+            json,
+            target,
+        } => {
+            let v = request(&target.socket()?, &json!({"cmd": "point", "disk": disk, "app": app}))?;
+            if json {
+                println!("{v}");
+            } else if v["ok"].as_bool() == Some(true) {
+                println!(
+                    "point {} ({}) of disk {} taken; frozen {:.1} ms",
+                    v["seq"],
+                    v["kind"].as_str().unwrap_or("?"),
+                    disk,
+                    v["freeze_ms"].as_f64().unwrap_or(0.0)
+                );
+            } else {
+                eprintln!(
+                    "hrl-agent: point not taken: {}",
+                    v["error"].as_str().unwrap_or("unknown error")
+                );
+            }
+            Ok(if v["ok"].as_bool() == Some(true) { 0 } else { 1 })
+        }
+        Cmd::Status { json, target } => {
+            let v = request(&target.socket()?, &json!({"cmd": "status"}))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(0);
+            }
+            println!(
+                "{:<12} {:<12} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}",
+                "DISK", "MODE", "DIRTY", "SPOOL", "POINT", "AGE", "FREEZE", "LOSSES"
+            );
+            for d in v["disks"].as_array().into_iter().flatten() {
+                let mode = match (d["mode"].as_str(), d["scan_progress"].as_f64()) {
+                    (Some(m), Some(p)) => format!("{m} {:.0}%", p * 100.0),
+                    (Some(m), None) => m.to_string(),
+                    _ => "?".into(),
+                };
+                println!(
+                    "{:<12} {:<12} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}",
+                    d["name"].as_str().unwrap_or("?"),
+                    mode,
+                    human(d["dirty_bytes"].as_u64().unwrap_or(0)),
+                    human(d["spool_bytes"].as_u64().unwrap_or(0)),
+                    d["last_point"]["seq"].as_u64().map_or("-".into(), |s| s.to_string()),
+                    d["last_point_age_s"]
+                        .as_f64()
+                        .map_or("-".into(), |a| format!("{a:.1}s")),
+                    d["last_freeze_ms"].as_f64().map_or("-".into(), |f| format!("{f:.1}ms")),
+                    d["losses"].as_u64().unwrap_or(0),
+                );
+                if let Some(e) = d["last_error"].as_str() {
+                    println!("  error: {e}");
+                }
+            }
+            Ok(0)
+        }
         Cmd::Track {
             device,
             spool,
@@ -81,7 +323,7 @@ fn main() -> ExitCode {
             trace_buffer,
             poll_ms,
             segment_size,
-        } => (|| {
+        } => {
             let mut o = TrackOptions::new(device, spool);
             o.name = name;
             o.chunk_size = u32::try_from(parse_size(&chunk_size)?)
@@ -89,24 +331,13 @@ fn main() -> ExitCode {
             o.buffer_kb = (parse_size(&trace_buffer)? / 1024).max(1) as u32;
             o.poll_interval = Duration::from_millis(poll_ms);
             o.rotate_bytes = parse_size(&segment_size)?;
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, stop.clone())
-                    .map_err(|e| AgentError::io("signal handler", "register", e))?;
-            }
-            let s = run_track(&o, stop)?;
-            tracing::info!(
-                disk = %s.disk_id,
-                changes = s.changes,
-                extent_records = s.extent_records,
-                losses = s.losses,
-                "stopped cleanly"
-            );
-            Ok(())
-        })(),
-    };
+            let s = run_track(&o, stop_flag()?)?;
+            tracing::info!(disk = %s.disk_id, changes = s.changes, extent_records = s.extent_records, losses = s.losses, "stopped cleanly");
+            Ok(0)
+        }
+    })();
     match r {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(c) => ExitCode::from(c),
         Err(e) => {
             eprintln!("hrl-agent: {e}");
             ExitCode::from(exit_code(&e))

@@ -21,6 +21,10 @@ pub struct DiskState {
     /// A first full copy finished at some point.
     #[serde(default)]
     pub initial_sync_done: bool,
+    /// Sequence of the last point started (taken or aborted): sequences are
+    /// never reused.
+    #[serde(default)]
+    pub last_point_seq: u64,
 }
 
 /// Path of the state file of disk `name` in `spool`.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use hrl_format::{DiskMode, Extent, ExtentOp, Flush, LogWriter, LossReason, Lost, ModeChange, Record};
 
 use crate::device::{BlockDevice, TraceTarget};
-use crate::dirty::DirtyMap;
+use crate::dirty::{DirtyMap, HotMap};
 use crate::error::{AgentError, Result};
 use crate::event::EventDecoder;
 use crate::ringbuf::parse_page;
@@ -209,6 +209,7 @@ pub struct TrackerCounters {
 pub struct Tracker {
     source: Box<dyn ChangeSource>,
     dirty: Arc<DirtyMap>,
+    hot: Option<Arc<HotMap>>,
     events: Vec<SourceEvent>,
     pending: Option<Extent>,
     pub counters: TrackerCounters,
@@ -219,6 +220,7 @@ impl Tracker {
         Tracker {
             source,
             dirty,
+            hot: None,
             events: Vec::with_capacity(4096),
             pending: None,
             counters: TrackerCounters::default(),
@@ -227,6 +229,12 @@ impl Tracker {
 
     pub fn dirty(&self) -> &Arc<DirtyMap> {
         &self.dirty
+    }
+
+    /// Also marks changed ranges in `hot` (for the pre-copier's hot delay).
+    pub fn with_hot(mut self, hot: Arc<HotMap>) -> Self {
+        self.hot = Some(hot);
+        self
     }
 
     pub fn describe(&self) -> String {
@@ -276,6 +284,9 @@ impl Tracker {
                     self.counters.changes += 1;
                     self.counters.extent_bytes += len;
                     self.dirty.mark_range(*offset, *len);
+                    if let Some(h) = &self.hot {
+                        h.mark_range(*offset, *len);
+                    }
                     if let Some(p) = self.pending.as_mut() {
                         if p.op == *op && p.failed == *failed && p.offset + p.len == *offset {
                             p.len += len;

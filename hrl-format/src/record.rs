@@ -113,9 +113,20 @@ pub struct Flush {
 pub struct Data {
     /// Chunk-aligned byte offset on the device.
     pub offset: u64,
-    /// Reserved flags, 0 in version 1.0.
+    /// [`Data::ZERO`], or 0.
     pub flags: u32,
+    /// The chunk's bytes; empty when [`Data::ZERO`] is set.
     pub data: Vec<u8>,
+}
+
+impl Data {
+    /// The chunk is all zeros: the payload is empty and the chunk's length
+    /// is the chunk size, or what is left of the device before its end.
+    pub const ZERO: u32 = 1;
+
+    pub fn is_zero(&self) -> bool {
+        self.flags & Data::ZERO != 0
+    }
 }
 
 /// A recovery point: every Data record before it, applied in order, gives
@@ -421,7 +432,8 @@ impl Record {
             Record::Extent(e) => json!({"type": "extent", "op": e.op, "failed": e.failed,
                 "offset": e.offset, "len": e.len, "time_ns": e.time_ns}),
             Record::Flush(f) => json!({"type": "flush", "fua": f.fua, "time_ns": f.time_ns}),
-            Record::Data(d) => json!({"type": "data", "offset": d.offset, "len": d.data.len(), "flags": d.flags}),
+            Record::Data(d) => json!({"type": "data", "offset": d.offset, "len": d.data.len(), "flags": d.flags,
+                "zero": d.is_zero()}),
             Record::Tag(t) => json!({"type": "tag", "seq": t.seq, "kind": t.kind, "aborted": t.aborted,
                 "time_ns": t.time_ns, "freeze_ns": t.freeze_ns,
                 "group": t.group.map(|g| g.to_string())}),
@@ -482,6 +494,7 @@ impl std::fmt::Display for Record {
                 if e.failed { " FAILED" } else { "" }
             ),
             Record::Flush(x) => write!(f, "flush{}", if x.fua { " fua" } else { "" }),
+            Record::Data(d) if d.is_zero() => write!(f, "data offset={} zero chunk", d.offset),
             Record::Data(d) => write!(f, "data offset={} len={}", d.offset, d.data.len()),
             Record::Tag(t) => write!(
                 f,

@@ -116,17 +116,25 @@ pub fn replay(dir: &Path, disk: Option<Uuid>, point: Option<u64>, image: &Path) 
         image: image.to_path_buf(),
     };
     // Pass 2: apply Data in log order up to the tag.
+    let mut zeros: Vec<u8> = Vec::new();
     for s in segs.iter().filter(|s| s.seq <= tseq) {
         report.segments += 1;
-        read_segment(&s.path, RecoveryMode::TolerateTornTail, |_, off, r| {
+        read_segment(&s.path, RecoveryMode::TolerateTornTail, |h, off, r| {
             if s.seq == tseq && off >= toff {
                 return Ok(());
             }
             if let Record::Data(d) = r {
-                img.write_all_at(&d.data, d.offset)
+                let bytes: &[u8] = if d.is_zero() {
+                    let n = (h.chunk_size as u64).min(h.device_size.saturating_sub(d.offset)) as usize;
+                    zeros.resize(n, 0);
+                    &zeros
+                } else {
+                    &d.data
+                };
+                img.write_all_at(bytes, d.offset)
                     .map_err(|e| FormatError::io(image, "write image", e))?;
                 report.data_records += 1;
-                report.data_bytes += d.data.len() as u64;
+                report.data_bytes += bytes.len() as u64;
             }
             Ok(())
         })?;

@@ -117,8 +117,10 @@ pub struct Stats {
     pub failed_writes: u64,
     /// Distinct bytes touched by extents (overlaps merged), per disk summed.
     pub dirtied_bytes: u64,
-    /// Bytes of captured chunk content in Data records.
+    /// Bytes of captured chunk content in Data records (zero chunks excluded).
     pub data_bytes: u64,
+    /// Data records that stand for an all-zero chunk.
+    pub zero_chunks: u64,
     pub first_time_ns: Option<u64>,
     pub last_time_ns: Option<u64>,
     pub span_seconds: f64,
@@ -177,6 +179,7 @@ impl StatsBuilder {
                 self.dirtied.entry(disk).or_default().insert(e.offset, e.len);
                 *self.regions.entry(e.offset / REGION).or_default() += e.len;
             }
+            Record::Data(d) if d.is_zero() => s.zero_chunks += 1,
             Record::Data(d) => s.data_bytes += d.data.len() as u64,
             Record::Tag(t) => s.tags.push(TagSummary {
                 disk,

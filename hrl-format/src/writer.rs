@@ -345,6 +345,25 @@ impl LogWriter {
             .is_some_and(|c| !c.is_empty() && c.age() >= self.cfg.rotate_age)
     }
 
+    /// Appends a record without syncing or rotating, whatever its type.
+    /// The point protocol uses it to put a `Tag` in the log while the
+    /// filesystem is frozen and to fsync it after the thaw (the tag's place
+    /// in the log, not its durability, is what the freeze must cover);
+    /// callers must call [`sync`](Self::sync) before reporting the point.
+    pub fn append_unsynced(&mut self, rec: &Record) -> Result<Position> {
+        let seg = self.segment()?;
+        let offset = seg.append(rec)?;
+        Ok(Position {
+            seq: seg.header.seq,
+            offset,
+        })
+    }
+
+    /// Bytes in the current segment (0 when none is open).
+    pub fn current_len(&self) -> u64 {
+        self.current.as_ref().map_or(0, |c| c.len())
+    }
+
     /// Makes every appended record visible to followers (no fsync).
     pub fn flush(&mut self) -> Result<()> {
         if let Some(c) = self.current.as_mut() {
@@ -387,12 +406,18 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Seals the current segment and releases the lock.
-    pub fn close(mut self) -> Result<()> {
+    /// Seals the current segment (even an empty one). A later append
+    /// starts a new segment.
+    pub fn finish(&mut self) -> Result<()> {
         if let Some(c) = self.current.take() {
             c.seal()?;
         }
         Ok(())
+    }
+
+    /// Seals the current segment and releases the lock.
+    pub fn close(mut self) -> Result<()> {
+        self.finish()
     }
 }
 
