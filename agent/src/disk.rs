@@ -253,6 +253,7 @@ pub struct DiskWorker {
     hot_rotated: Instant,
     next_point: Instant,
     pub(crate) status: Arc<Mutex<DiskStatus>>,
+    pub(crate) guardian: Option<crate::guard::ThawGuardian>,
     requests: Receiver<Request>,
     rate_mark: (Instant, u64, u64),
     scan_log: Instant,
@@ -316,10 +317,21 @@ impl DiskWorker {
             losses: 0,
             last_error: None,
         }));
-        match &mount {
-            Some(m) => tracing::info!(disk = %cfg.name, mount = %m.display(), "points will freeze this filesystem"),
-            None => tracing::warn!(disk = %cfg.name, "no mounted filesystem found: points will be fuzzy"),
-        }
+        let guardian = match &mount {
+            Some(m) => {
+                tracing::info!(disk = %cfg.name, mount = %m.display(), "points will freeze this filesystem");
+                // A previous agent killed inside a freeze (and its guardian
+                // with it) leaves the filesystem frozen: thaw it first.
+                if crate::guard::thaw_if_frozen(m)? {
+                    tracing::warn!(disk = %cfg.name, mount = %m.display(), "the filesystem was frozen (an agent died during a point); thawed it");
+                }
+                Some(crate::guard::ThawGuardian::spawn(m)?)
+            }
+            None => {
+                tracing::warn!(disk = %cfg.name, "no mounted filesystem found: points will be fuzzy");
+                None
+            }
+        };
         let now = Instant::now();
         Ok(DiskWorker {
             name: cfg.name.clone(),
@@ -346,6 +358,7 @@ impl DiskWorker {
             hot_rotated: now,
             next_point: now + agent.point_interval,
             status,
+            guardian,
             requests,
             rate_mark: (now, 0, 0),
             scan_log: now,

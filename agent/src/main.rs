@@ -81,6 +81,12 @@ enum Cmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Internal: the thaw guardian the agent spawns per frozen mount.
+    #[command(hide = true)]
+    FreezeGuard {
+        #[arg(long)]
+        mount: PathBuf,
+    },
     /// Track one device only (Extent/Flush/Lost records, no data) until
     /// SIGINT or SIGTERM.
     Track {
@@ -279,6 +285,10 @@ fn main() -> ExitCode {
                 );
             }
             Ok(if v["ok"].as_bool() == Some(true) { 0 } else { 1 })
+        }
+        Cmd::FreezeGuard { mount } => {
+            hrl_agent::guard::run_guard(&mount)?;
+            Ok(0)
         }
         Cmd::Status { json, target } => {
             let v = request(&target.socket()?, &json!({"cmd": "status"}))?;

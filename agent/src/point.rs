@@ -126,7 +126,27 @@ impl DiskWorker {
         syncfs(&mount)?;
         self.track()?;
         self.precopy(true, usize::MAX)?;
-        let freeze = Freeze::start(&mount, max)?;
+        if let Some(g) = self.guardian.as_mut() {
+            g.freezing(max)?;
+        }
+        let r = self.frozen(seq, kind, env, max, &mount);
+        if let Some(g) = self.guardian.as_mut() {
+            g.thawed();
+        }
+        r
+    }
+
+    /// From FIFREEZE to FITHAW. Every return path has thawed: explicitly,
+    /// by the watchdog, or by dropping the freeze guard.
+    fn frozen(
+        &mut self,
+        seq: u64,
+        kind: PointKind,
+        env: &HookEnv,
+        max: Duration,
+        mount: &std::path::Path,
+    ) -> Result<PointReply> {
+        let freeze = Freeze::start(mount, max)?;
         let o = self.tracker.drain(&mut self.log)?;
         if o.lost {
             drop(freeze);

@@ -231,6 +231,32 @@ pub struct LogWriter {
     last_sync: Instant,
     recovered: Vec<RecoveredSegment>,
     _lock: File,
+    lock_path: PathBuf,
+}
+
+/// Reads `next_seq=N` from the lock file (0 when absent or empty).
+fn read_next_seq(path: &Path, f: &File) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 64];
+    let n = f
+        .read_at(&mut buf, 0)
+        .map_err(|e| FormatError::io(path, "read lock", e))?;
+    let text = String::from_utf8_lossy(&buf[..n]);
+    Ok(text
+        .trim()
+        .strip_prefix("next_seq=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0))
+}
+
+/// Records the next segment sequence in the lock file, durably.
+fn write_next_seq(path: &Path, f: &File, seq: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let line = format!("next_seq={seq:020}\n");
+    f.write_all_at(line.as_bytes(), 0)
+        .and_then(|_| f.set_len(line.len() as u64))
+        .and_then(|_| f.sync_data())
+        .map_err(|e| FormatError::io(path, "write lock", e))
 }
 
 impl LogWriter {
@@ -264,7 +290,10 @@ impl LogWriter {
                 recovered.push(r);
             }
         }
-        let next_seq = existing.last().map_or(1, |s| s.seq + 1);
+        // Segments may have been shipped and deleted: the lock file
+        // remembers the next sequence so it is never reused.
+        let persisted = read_next_seq(&lock_path, &lock)?;
+        let next_seq = existing.last().map_or(1, |s| s.seq + 1).max(persisted);
         Ok(LogWriter {
             cfg,
             current: None,
@@ -272,6 +301,7 @@ impl LogWriter {
             last_sync: Instant::now(),
             recovered,
             _lock: lock,
+            lock_path,
         })
     }
 
@@ -310,6 +340,7 @@ impl LogWriter {
             );
             self.current = Some(SegmentWriter::create(&self.cfg.dir, h)?);
             self.next_seq += 1;
+            write_next_seq(&self.lock_path, &self._lock, self.next_seq)?;
         }
         // Just created above when it was missing.
         self.current

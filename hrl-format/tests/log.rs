@@ -317,3 +317,23 @@ fn stats_count_and_merge() {
     assert_eq!(s.losses.len(), 2);
     assert_eq!(s.sealed_files, 1);
 }
+
+#[test]
+fn sequence_continues_after_every_segment_was_shipped_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::new_v4();
+    let mut w = LogWriter::open(cfg(dir.path(), disk)).unwrap();
+    for i in 0..10u64 {
+        w.append(&data(i * 65536, 1, 4000)).unwrap();
+    }
+    w.close().unwrap();
+    let last = list_segments(dir.path(), Some(disk)).unwrap().last().unwrap().seq;
+    for s in list_segments(dir.path(), Some(disk)).unwrap() {
+        std::fs::remove_file(s.path).unwrap();
+    }
+    let mut w = LogWriter::open(cfg(dir.path(), disk)).unwrap();
+    assert_eq!(w.current_seq(), last + 1);
+    w.append(&tag(1)).unwrap();
+    w.close().unwrap();
+    assert_eq!(list_segments(dir.path(), Some(disk)).unwrap()[0].seq, last + 1);
+}

@@ -436,3 +436,130 @@ impl Drop for ZramDev {
         let _ = std::fs::write("/sys/class/zram-control/hot_remove", self.num.to_string());
     }
 }
+
+impl Agent {
+    /// Starts `hrl-agent run --device DEV --spool SPOOL ARGS...` and waits
+    /// until the disk is in data mode (initial sync or resync done).
+    pub fn run(dev: &Path, spool: &Path, extra: &[&str]) -> Self {
+        let a = Self::spawn_run(dev, spool, extra);
+        a.wait_mode("data", Duration::from_secs(120));
+        a
+    }
+
+    /// Starts `hrl-agent run` without waiting for data mode (only until
+    /// its control socket answers).
+    pub fn spawn_run(dev: &Path, spool: &Path, extra: &[&str]) -> Self {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args([
+            "run",
+            "--device",
+            dev.to_str().unwrap(),
+            "--spool",
+            spool.to_str().unwrap(),
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+        let child = cmd.spawn().unwrap();
+        let mut a = Agent {
+            child: Some(child),
+            spool: spool.into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if a.status().is_some() {
+                return a;
+            }
+            if let Some(s) = a.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("hrl-agent run exited early: {s}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("hrl-agent run: control socket did not answer within 30 s");
+    }
+
+    /// The status JSON of the first disk, if the agent answers.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let o = Command::new(agent_bin())
+            .args(["status", "--json", "--spool", self.spool.to_str().unwrap()])
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        Some(v["disks"][0].clone())
+    }
+
+    pub fn wait_mode(&self, mode: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.status().is_some_and(|s| s["mode"] == mode) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("disk did not reach mode {mode} within {within:?}: {:?}", self.status());
+    }
+
+    /// `hrl-agent point --disk NAME`; returns the JSON answer.
+    pub fn point(&self, disk: &str, app: bool) -> serde_json::Value {
+        let mut args = vec![
+            "point",
+            "--json",
+            "--disk",
+            disk,
+            "--spool",
+            self.spool.to_str().unwrap(),
+        ];
+        if app {
+            args.push("--app");
+        }
+        let o = Command::new(agent_bin()).args(&args).output().unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+            panic!("point: {}", String::from_utf8_lossy(&o.stderr));
+        })
+    }
+}
+
+/// sha256 of a file or device, read with O_DIRECT for devices.
+pub fn sha256(path: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dd if='{}' bs=4M iflag=direct status=none | sha256sum",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// sha256 of a regular file.
+pub fn sha256_file(path: &Path) -> String {
+    run("sha256sum", &[path.to_str().unwrap()])
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A while-frozen hook that writes the device's sha256 (read with O_DIRECT:
+/// the block device's page cache can be stale under a mounted filesystem)
+/// to DIR/<point seq>.
+pub fn sha_hook(dir: &Path) -> String {
+    format!(
+        "dd if=\"$HRL_DEVICE\" bs=4M iflag=direct status=none | sha256sum | cut -d' ' -f1 > '{}'/\"$HRL_POINT\"",
+        dir.display()
+    )
+}
+
+/// Replays `point` of the spool (or an archive of it) into a fresh image.
+pub fn replay(dir: &Path, point: u64, image: &Path) {
+    let _ = std::fs::remove_file(image);
+    hrl_format::replay(dir, None, Some(point), image).unwrap_or_else(|e| panic!("replay of point {point}: {e}"));
+}

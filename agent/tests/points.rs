@@ -1,0 +1,357 @@
+//! Root integration tests of recovery points: every point replays to
+//! exactly the device as it was inside the freeze, and the filesystem in the
+//! image is clean; under kill -9, and under spool backpressure.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use hrl_format::{DiskMode, Record};
+
+const MIB: u64 = 1 << 20;
+
+/// Writes, overwrites and deletes files under `dir` until `deadline`,
+/// fsyncing most of them.
+fn file_workload(dir: &Path, deadline: Instant, seed: u64, max_files: u64, max_size: usize) -> u64 {
+    let mut rng = Rng(seed);
+    let mut buf = vec![0u8; max_size];
+    let mut written = 0u64;
+    while Instant::now() < deadline {
+        let p = dir.join(format!("f{}", rng.below(max_files)));
+        match rng.below(10) {
+            0 => {
+                let _ = std::fs::remove_file(&p);
+            }
+            _ => {
+                let n = 1 + rng.below(max_size as u64) as usize;
+                rng.fill(&mut buf[..n]);
+                use std::io::Write;
+                let mut f = std::fs::File::create(&p).unwrap();
+                f.write_all(&buf[..n]).unwrap();
+                if rng.below(4) != 0 {
+                    f.sync_all().unwrap();
+                }
+                written += n as u64;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    written
+}
+
+fn points_replay_to_the_frozen_hash(fs: &str, size: u64, secs: u64) {
+    let dev = LoopDev::new(size, false);
+    match fs {
+        "ext4" => run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+                dev.path.to_str().unwrap(),
+            ],
+        ),
+        _ => run("mkfs.xfs", &["-q", "-f", dev.path.to_str().unwrap()]),
+    };
+    let mut m = Mount::new(&dev.path);
+    let shas = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir_in("/dev/shm").unwrap();
+    let hook = sha_hook(shas.path());
+    let mut agent = Agent::run(
+        &dev.path,
+        spool.path(),
+        &["--point-interval", "1s", "--max-freeze", "10s", "--while-frozen", &hook],
+    );
+    let written = file_workload(m.path(), Instant::now() + Duration::from_secs(secs), 1, 40, 512 * 1024);
+    assert_eq!(agent.stop(), 0);
+    m.umount();
+    let mut points: Vec<u64> = std::fs::read_dir(shas.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    points.sort();
+    eprintln!(
+        "{fs}: {} points over {secs} s, workload wrote {} MiB",
+        points.len(),
+        written / MIB
+    );
+    assert!(
+        points.len() as u64 >= secs / 2,
+        "only {} points in {secs} s",
+        points.len()
+    );
+    let tags: Vec<_> = records(spool.path())
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Tag(t) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert!(tags.iter().all(|t| !t.aborted), "aborted points: {tags:?}");
+    let img = spool.path().join("replay.img");
+    for p in &points {
+        let want = std::fs::read_to_string(shas.path().join(p.to_string())).unwrap();
+        replay(spool.path(), *p, &img);
+        assert_eq!(
+            sha256_file(&img),
+            want.trim(),
+            "{fs} point {p}: replay differs from the frozen device"
+        );
+        let check = match fs {
+            "ext4" => std::process::Command::new("e2fsck")
+                .args(["-fn"])
+                .arg(&img)
+                .output()
+                .unwrap(),
+            _ => {
+                // A frozen xfs keeps metadata in its log (a plain dd of a
+                // frozen xfs fails `xfs_repair -n` the same way): mount the
+                // image to replay the log, as a restore would, then check.
+                let l = run("losetup", &["--find", "--show", img.to_str().unwrap()]);
+                let mnt = tempfile::tempdir().unwrap();
+                run("mount", &["-o", "nouuid", &l, mnt.path().to_str().unwrap()]);
+                run("umount", &[mnt.path().to_str().unwrap()]);
+                run("losetup", &["-d", &l]);
+                std::process::Command::new("xfs_repair")
+                    .args(["-n", "-f"])
+                    .arg(&img)
+                    .output()
+                    .unwrap()
+            }
+        };
+        assert!(
+            check.status.success(),
+            "{fs} point {p}: filesystem check of the replayed image failed: {}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+    }
+    let freezes: Vec<f64> = tags.iter().map(|t| t.freeze_ns as f64 / 1e6).collect();
+    eprintln!("{fs}: freeze ms (incl. the sha256 hook): {freezes:.0?}");
+}
+
+#[test]
+fn ext4_points_replay_to_the_frozen_device_and_fsck_clean() {
+    if !require_root("ext4_points_replay_to_the_frozen_device_and_fsck_clean") {
+        return;
+    }
+    points_replay_to_the_frozen_hash("ext4", 128 * MIB, 60);
+}
+
+#[test]
+fn xfs_points_replay_to_the_frozen_device_and_repair_clean() {
+    if !require_root("xfs_points_replay_to_the_frozen_device_and_repair_clean") {
+        return;
+    }
+    points_replay_to_the_frozen_hash("xfs", 320 * MIB, 60);
+}
+
+#[test]
+fn kill9_twenty_times_then_the_next_point_is_exact_and_resync_is_small() {
+    if !require_root("kill9_twenty_times_then_the_next_point_is_exact_and_resync_is_small") {
+        return;
+    }
+    let size = 256 * MIB;
+    let dev = LoopDev::new(size, false);
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            dev.path.to_str().unwrap(),
+        ],
+    );
+    let mut m = Mount::new(&dev.path);
+    let spool = tempfile::tempdir_in("/dev/shm").unwrap();
+    let shas = tempfile::tempdir().unwrap();
+    let hook = sha_hook(shas.path());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let dir = m.path().to_path_buf();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += file_workload(&dir, Instant::now() + Duration::from_millis(200), n + 7, 20, 64 * 1024);
+            }
+            n
+        })
+    };
+    let mut rng = Rng(99);
+    for i in 0..20 {
+        let mut a = Agent::spawn_run(&dev.path, spool.path(), &["--point-interval", "300ms"]);
+        std::thread::sleep(Duration::from_millis(200 + rng.below(1300)));
+        a.kill9();
+        eprintln!("kill -9 #{}", i + 1);
+    }
+    let before = records(spool.path()).len();
+    let mut a = Agent::run(
+        &dev.path,
+        spool.path(),
+        &["--point-interval", "0", "--max-freeze", "10s", "--while-frozen", &hook],
+    );
+    let p = a.point(&dev.path.file_name().unwrap().to_string_lossy(), false);
+    assert_eq!(p["ok"], true, "{p}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = load.join().unwrap();
+    assert_eq!(a.stop(), 0);
+    m.umount();
+    let seq = p["seq"].as_u64().unwrap();
+    let want = std::fs::read_to_string(shas.path().join(seq.to_string())).unwrap();
+    let img = spool.path().join("replay.img");
+    replay(spool.path(), seq, &img);
+    assert_eq!(
+        sha256_file(&img),
+        want.trim(),
+        "point {seq} after 20 kills differs from the frozen device"
+    );
+    let out = std::process::Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "e2fsck: {}", String::from_utf8_lossy(&out.stdout));
+    // What the last start's resync emitted: Data bytes from its Lost record
+    // to the end of its scan (the Mode(Data) that follows).
+    let recs = records(spool.path());
+    let mut emitted = 0u64;
+    let mut zero = 0u64;
+    let mut saw_lost = false;
+    for r in &recs[before..] {
+        match r {
+            Record::Lost(_) => saw_lost = true,
+            Record::Data(d) if saw_lost => {
+                if d.is_zero() {
+                    zero += 1
+                } else {
+                    emitted += d.data.len() as u64
+                }
+            }
+            Record::Mode(md) if saw_lost && md.mode == DiskMode::Data => break,
+            _ => {}
+        }
+    }
+    assert!(saw_lost, "the restart after kill -9 did not record a loss");
+    eprintln!(
+        "resync after 20 kills: emitted {} KiB of data (+{zero} zero chunks) for a {} MiB device; workload wrote {} MiB",
+        emitted / 1024,
+        size / MIB,
+        written / MIB
+    );
+    assert!(
+        emitted < size / 10,
+        "resync emitted {emitted} bytes: not far less than the device"
+    );
+    for s in hrl_format::list_segments(spool.path(), None).unwrap() {
+        hrl_format::read_segment(&s.path, hrl_format::RecoveryMode::AbsoluteConsistency, |_, _, _| Ok(()))
+            .unwrap_or_else(|e| panic!("segment left damaged after kills: {e}"));
+    }
+}
+
+/// Time until a file can be created and fsynced under `dir`.
+fn write_latency(dir: &Path) -> Duration {
+    let t = Instant::now();
+    let f = std::fs::File::create(dir.join(format!("probe-{}", t.elapsed().as_nanos()))).unwrap();
+    f.sync_all().unwrap();
+    t.elapsed()
+}
+
+#[test]
+fn kill9_inside_a_freeze_never_leaves_the_filesystem_frozen() {
+    if !require_root("kill9_inside_a_freeze_never_leaves_the_filesystem_frozen") {
+        return;
+    }
+    let dev = LoopDev::new(64 * MIB, false);
+    run("mkfs.ext4", &["-q", "-F", dev.path.to_str().unwrap()]);
+    let m = Mount::new(&dev.path);
+    let spool = tempfile::tempdir_in("/dev/shm").unwrap();
+    let marker = spool.path().join("in-freeze");
+    let hook = format!("touch '{}'; sleep 10", marker.display());
+    let mut a = Agent::run(
+        &dev.path,
+        spool.path(),
+        &["--point-interval", "0", "--max-freeze", "60s", "--while-frozen", &hook],
+    );
+    let spool_p = spool.path().to_path_buf();
+    let disk = dev.path.file_name().unwrap().to_string_lossy().into_owned();
+    let req = std::thread::spawn(move || {
+        let _ = std::process::Command::new(agent_bin())
+            .args(["point", "--json", "--disk", &disk, "--spool", spool_p.to_str().unwrap()])
+            .output();
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the point never reached the frozen hook");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a.kill9();
+    // The guardian sees the agent's pipe close and thaws at once.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dir = m.path().to_path_buf();
+    std::thread::spawn(move || tx.send(write_latency(&dir)));
+    let lat = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("filesystem still frozen 10 s after the agent was killed inside a freeze");
+    eprintln!("write after kill -9 inside a freeze took {lat:?}");
+    assert!(lat < Duration::from_secs(3), "thaw after kill -9 took {lat:?}");
+    req.join().unwrap();
+}
+
+#[test]
+fn a_hook_outliving_max_freeze_aborts_the_point_and_the_watchdog_thaws_on_time() {
+    if !require_root("a_hook_outliving_max_freeze_aborts_the_point_and_the_watchdog_thaws_on_time") {
+        return;
+    }
+    let dev = LoopDev::new(64 * MIB, false);
+    run("mkfs.ext4", &["-q", "-F", dev.path.to_str().unwrap()]);
+    let m = Mount::new(&dev.path);
+    let spool = tempfile::tempdir_in("/dev/shm").unwrap();
+    let mut a = Agent::run(
+        &dev.path,
+        spool.path(),
+        &[
+            "--point-interval",
+            "0",
+            "--max-freeze",
+            "300ms",
+            "--while-frozen",
+            "sleep 5",
+        ],
+    );
+    let disk = dev.path.file_name().unwrap().to_string_lossy().into_owned();
+    let t = Instant::now();
+    let dir = m.path().to_path_buf();
+    // A writer blocked by the freeze must get through shortly after 300 ms.
+    let w = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = Instant::now();
+        let l = write_latency(&dir);
+        (t0, l)
+    });
+    let p = a.point(&disk, false);
+    let (_, lat) = w.join().unwrap();
+    eprintln!("point answer after {:?}: {p}; blocked write took {lat:?}", t.elapsed());
+    assert_eq!(p["ok"], false, "{p}");
+    let err = p["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("while-frozen hook timed out") || err.contains("max_freeze"),
+        "{err}"
+    );
+    assert!(
+        lat < Duration::from_millis(1500),
+        "a write waited {lat:?} behind a 300 ms max_freeze"
+    );
+    // A failing pre-freeze hook aborts an app point without freezing.
+    assert_eq!(a.stop(), 0);
+    let aborted = records(spool.path())
+        .iter()
+        .filter(|r| matches!(r, Record::Tag(t) if t.aborted))
+        .count();
+    assert_eq!(aborted, 1, "the aborted point must be recorded as such");
+    assert!(write_latency(m.path()) < Duration::from_secs(1));
+}
