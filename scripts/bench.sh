@@ -16,8 +16,11 @@ hrl)
 tracker)
     exec bash scripts/bench-tracker.sh
     ;;
+points)
+    exec bash scripts/bench-points.sh
+    ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | points" >&2
     exit 2
     ;;
 esac

@@ -247,8 +247,10 @@ fn human(n: u64) -> String {
 }
 
 fn main() -> ExitCode {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HRL_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

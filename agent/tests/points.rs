@@ -355,3 +355,172 @@ fn a_hook_outliving_max_freeze_aborts_the_point_and_the_watchdog_thaws_on_time()
     assert_eq!(aborted, 1, "the aborted point must be recorded as such");
     assert!(write_latency(m.path()) < Duration::from_secs(1));
 }
+
+/// Stands in for the shipper: moves sealed segments (mode 0400) out of the
+/// spool into `archive` while not paused, and records the largest spool
+/// size it saw.
+struct FakeShipper {
+    paused: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    max_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    t: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeShipper {
+    fn start(spool: &Path, archive: &Path) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let paused = Arc::new(AtomicBool::new(true));
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_seen = Arc::new(AtomicU64::new(0));
+        let (p, s, m) = (paused.clone(), stop.clone(), max_seen.clone());
+        let (spool, archive) = (spool.to_path_buf(), archive.to_path_buf());
+        let t = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let mut used = 0;
+                let Ok(rd) = std::fs::read_dir(&spool) else { break };
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if !name.ends_with(".hrl") {
+                        continue;
+                    }
+                    let Ok(md) = e.metadata() else { continue };
+                    used += md.len();
+                    if !p.load(Ordering::Relaxed) && md.permissions().mode() & 0o777 == 0o400 {
+                        let _ = std::fs::rename(e.path(), archive.join(&name));
+                    }
+                }
+                m.fetch_max(used, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        FakeShipper {
+            paused,
+            stop,
+            max_seen,
+            t: Some(t),
+        }
+    }
+    fn set_paused(&self, p: bool) {
+        self.paused.store(p, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn finish(mut self) -> u64 {
+        self.set_paused(false);
+        std::thread::sleep(Duration::from_millis(200));
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.t.take() {
+            t.join().unwrap();
+        }
+        self.max_seen.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[test]
+fn a_spool_limit_below_the_churn_switches_to_bitmap_and_back_and_the_next_point_is_exact() {
+    if !require_root("a_spool_limit_below_the_churn_switches_to_bitmap_and_back_and_the_next_point_is_exact") {
+        return;
+    }
+    let dev = LoopDev::new(256 * MIB, false);
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            dev.path.to_str().unwrap(),
+        ],
+    );
+    let mut m = Mount::new(&dev.path);
+    // Random content everywhere, so the initial sync must really copy it.
+    {
+        let mut rng = Rng(5);
+        let mut b = vec![0u8; 4 * MIB as usize];
+        for i in 0..25 {
+            rng.fill(&mut b);
+            std::fs::write(m.path().join(format!("pre{i}")), &b).unwrap();
+        }
+        run("sync", &[]);
+    }
+    let spool = tempfile::tempdir_in("/dev/shm").unwrap();
+    let archive = tempfile::tempdir_in("/dev/shm").unwrap();
+    let shas = tempfile::tempdir().unwrap();
+    let hook = sha_hook(shas.path());
+    let limit = 48 * MIB;
+    let ship = FakeShipper::start(spool.path(), archive.path());
+    let mut a = Agent::spawn_run(
+        &dev.path,
+        spool.path(),
+        &[
+            "--spool-limit",
+            "48MiB",
+            "--segment-size",
+            "4MiB",
+            "--point-interval",
+            "0",
+            "--max-freeze",
+            "10s",
+            "--while-frozen",
+            &hook,
+        ],
+    );
+    // Initial sync of ~100 MiB of content cannot fit: bitmap mode.
+    a.wait_mode("bitmap", Duration::from_secs(60));
+    ship.set_paused(false);
+    a.wait_mode("data", Duration::from_secs(120));
+    // Churn above the limit while nothing ships: bitmap again.
+    ship.set_paused(true);
+    file_workload(
+        m.path(),
+        Instant::now() + Duration::from_secs(8),
+        3,
+        30,
+        4 * MIB as usize,
+    );
+    a.wait_mode("bitmap", Duration::from_secs(60));
+    ship.set_paused(false);
+    a.wait_mode("data", Duration::from_secs(120));
+    let disk = dev.path.file_name().unwrap().to_string_lossy().into_owned();
+    let p = a.point(&disk, false);
+    assert_eq!(p["ok"], true, "{p}");
+    assert_eq!(a.stop(), 0);
+    m.umount();
+    let max_seen = ship.finish();
+    eprintln!(
+        "spool limit {} MiB, largest spool seen {:.1} MiB",
+        limit / MIB,
+        max_seen as f64 / MIB as f64
+    );
+    assert!(
+        max_seen <= limit,
+        "spool reached {max_seen} bytes, over its {limit}-byte limit"
+    );
+    let modes: Vec<DiskMode> = records(archive.path())
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Mode(m) => Some(m.mode),
+            _ => None,
+        })
+        .collect();
+    eprintln!("modes: {modes:?}");
+    assert!(
+        modes.iter().filter(|m| **m == DiskMode::Bitmap).count() >= 2,
+        "{modes:?}"
+    );
+    let seq = p["seq"].as_u64().unwrap();
+    let img = archive.path().join("replay.img");
+    replay(archive.path(), seq, &img);
+    let want = std::fs::read_to_string(shas.path().join(seq.to_string())).unwrap();
+    assert_eq!(
+        sha256_file(&img),
+        want.trim(),
+        "point after bitmap mode differs from the frozen device"
+    );
+    let out = std::process::Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "e2fsck: {}", String::from_utf8_lossy(&out.stdout));
+}

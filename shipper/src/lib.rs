@@ -1,1 +1,14 @@
+//! hrl-shipper: ships `.hrl` spools into an encrypted, deduplicated
+//! repository on blob storage, and restores from it. It never touches a
+//! tracked device except to restore or fail back onto it.
 
+pub mod crypto;
+pub mod error;
+pub mod failover;
+pub mod manifest;
+pub mod pack;
+pub mod repo;
+pub mod restore;
+pub mod ship;
+
+pub use error::{Result, ShipError};

@@ -1,1 +1,323 @@
-fn main() {}
+//! `hrl-shipper`: command line.
+//!
+//! Exit codes: 0 success; 1 failure (a damaged repository, a failed restore,
+//! problems found by check); 2 usage or configuration (bad arguments, no
+//! repository, wrong key, unreadable key file).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use hrl_shipper::restore::PointSel;
+use hrl_shipper::{repo::Repo, ShipError};
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(
+    name = "hrl-shipper",
+    version,
+    about = "Ship .hrl spools into an encrypted, deduplicated repository; restore"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct RepoArgs {
+    /// Repository URL: file:///path (or an absolute path).
+    #[arg(long)]
+    repo: String,
+    /// Key file (64 hex characters, mode 0600).
+    #[arg(long, env = "HRL_KEY_FILE")]
+    key_file: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a repository (and the key file, 0600, if it does not exist).
+    Init {
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long, default_value_t = 65536)]
+        chunk_size: u32,
+        #[arg(long, default_value_t = 16 << 20)]
+        pack_size: u64,
+        /// A full checkpoint manifest every N points.
+        #[arg(long, default_value_t = 16)]
+        checkpoint_every: u64,
+    },
+    /// Ship the spool: follow it (daemon) or, with --once, ship what is there.
+    Run {
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long)]
+        spool: PathBuf,
+        #[arg(long)]
+        once: bool,
+        /// Keep shipped segments in the spool.
+        #[arg(long)]
+        keep_shipped: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List published points.
+    Points {
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long)]
+        disk: Option<Uuid>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a point to an image file or a block device.
+    Restore {
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long)]
+        disk: Uuid,
+        /// `latest` or a point sequence.
+        #[arg(long, default_value = "latest")]
+        point: PointSel,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the repository: every referenced chunk exists; with
+    /// --read-data, every chunk decrypts and hashes to its id.
+    Check {
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long)]
+        read_data: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn code(e: &ShipError) -> u8 {
+    match e {
+        ShipError::Usage(_)
+        | ShipError::NoRepository { .. }
+        | ShipError::RepositoryExists { .. }
+        | ShipError::WrongKey { .. }
+        | ShipError::KeyFile { .. }
+        | ShipError::NewerRepository { .. } => 2,
+        _ => 1,
+    }
+}
+
+fn human(n: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < 4 {
+        v /= 1024.0;
+        i += 1;
+    }
+    format!("{v:.1} {}", U[i])
+}
+
+async fn main_async(cli: Cli) -> Result<u8, ShipError> {
+    match cli.cmd {
+        Cmd::Init {
+            r,
+            chunk_size,
+            pack_size,
+            checkpoint_every,
+        } => {
+            if !chunk_size.is_power_of_two() || chunk_size < 4096 {
+                return Err(ShipError::Usage(format!(
+                    "chunk size {chunk_size}: a power of two of at least 4096"
+                )));
+            }
+            let created = hrl_shipper::repo::create_key_file(&r.key_file)?;
+            let repo = Repo::init(&r.repo, &r.key_file, chunk_size, pack_size, checkpoint_every).await?;
+            println!(
+                "initialised repository {} ({}), chunk size {chunk_size}; key file {}{}",
+                repo.url,
+                repo.config.repo_id,
+                r.key_file.display(),
+                if created {
+                    " (new; keep a copy somewhere safe)"
+                } else {
+                    ""
+                }
+            );
+            Ok(0)
+        }
+        Cmd::Run {
+            r,
+            spool,
+            once,
+            keep_shipped,
+            json,
+        } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            let stop = Arc::new(AtomicBool::new(false));
+            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(sig, stop.clone()).map_err(|e| ShipError::io("signal", "register", e))?;
+            }
+            let mut o = hrl_shipper::ship::ShipOptions::new(spool);
+            o.once = once;
+            o.delete_shipped = !keep_shipped;
+            let rep = hrl_shipper::ship::ship(&repo, &o, &stop).await?;
+            if json {
+                println!("{}", serde_json::to_string(&rep).unwrap_or_default());
+            } else {
+                println!(
+                    "published {} points; {} of chunk data ({} zero chunks), {} new chunks stored in {} ({} deduplicated), {} packs, {} spool segments deleted",
+                    rep.points_published,
+                    human(rep.data_bytes),
+                    rep.zero_chunks,
+                    rep.chunks_new,
+                    human(rep.stored_bytes),
+                    rep.chunks_deduplicated,
+                    rep.packs,
+                    rep.segments_deleted
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Points { r, disk, json } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            let disks = match disk {
+                Some(d) => vec![d],
+                None => hrl_shipper::manifest::list_disks(&repo).await?,
+            };
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            // A closed pipe (`| head`) ends the listing quietly.
+            if !json
+                && writeln!(
+                    out,
+                    "{:<36} {:>6} {:<6} {:>10} {:>24} {:>8} {:>10}",
+                    "DISK", "POINT", "KIND", "SIZE", "TIME (ns since epoch)", "CHUNKS", "NEW"
+                )
+                .is_err()
+            {
+                return Ok(0);
+            }
+            for d in disks {
+                for seq in hrl_shipper::manifest::list_points(&repo, &d).await? {
+                    let (h, _) = hrl_shipper::manifest::load(&repo, &d, seq).await?;
+                    let r = if json {
+                        writeln!(out, "{}", serde_json::to_string(&h).unwrap_or_default())
+                    } else {
+                        writeln!(
+                            out,
+                            "{:<36} {:>6} {:<6} {:>10} {:>24} {:>8} {:>10}",
+                            d.to_string(),
+                            seq,
+                            format!("{:?}", h.kind).to_lowercase(),
+                            human(h.device_size),
+                            h.time_ns,
+                            h.entries,
+                            human(h.new_bytes)
+                        )
+                    };
+                    if r.is_err() {
+                        return Ok(0);
+                    }
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Restore {
+            r,
+            disk,
+            point,
+            to,
+            json,
+        } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            let tty = {
+                use std::io::IsTerminal;
+                std::io::stderr().is_terminal()
+            };
+            let rep = hrl_shipper::restore::restore(&repo, &disk, point, &to, tty || !json).await?;
+            if json {
+                println!("{}", serde_json::to_string(&rep).unwrap_or_default());
+            } else {
+                println!(
+                    "restored point {} ({:?}) of disk {} to {}: {} in {:.1}s ({:.0} MiB/s), {} stored and {} zero chunks, every chunk verified",
+                    rep.point,
+                    rep.kind,
+                    rep.disk,
+                    rep.target.display(),
+                    human(rep.device_size),
+                    rep.seconds,
+                    rep.bytes_written as f64 / 1048576.0 / rep.seconds.max(1e-9),
+                    rep.stored_chunks,
+                    rep.zero_chunks
+                );
+                if rep.kind == hrl_format::PointKind::Fuzzy {
+                    println!("note: this point is FUZZY (the disk had no frozen filesystem): it is not an exact image of one moment");
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Check { r, read_data, json } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            let rep = hrl_shipper::restore::check(&repo, read_data).await?;
+            if json {
+                println!("{}", serde_json::to_string(&rep).unwrap_or_default());
+            } else {
+                for p in &rep.problems {
+                    eprintln!("problem: {}: {}", p.object, p.what);
+                }
+                println!(
+                    "{} points, {} referenced chunks, {} packs{}: {}",
+                    rep.points,
+                    rep.referenced_chunks,
+                    rep.packs,
+                    if read_data {
+                        format!(", {} chunks read and verified", rep.chunks_read)
+                    } else {
+                        String::new()
+                    },
+                    if rep.problems.is_empty() {
+                        "no problems".to_string()
+                    } else {
+                        format!("{} PROBLEMS", rep.problems.len())
+                    }
+                );
+            }
+            Ok(if rep.problems.is_empty() { 0 } else { 1 })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HRL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hrl-shipper: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(main_async(cli)) {
+        Ok(c) => ExitCode::from(c),
+        Err(e) => {
+            eprintln!("hrl-shipper: {e}");
+            ExitCode::from(code(&e))
+        }
+    }
+}

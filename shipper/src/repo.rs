@@ -1,0 +1,383 @@
+//! A repository on a blob store: open/init, keys, config, typed object
+//! access with durable writes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::crypto::{open, random, seal, wrap_cipher, ChunkId, Keys};
+use crate::error::{Result, ShipError};
+
+/// Repository parameters (the `config` object).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub version: u32,
+    pub repo_id: Uuid,
+    pub chunk_size: u32,
+    pub pack_size: u64,
+    pub checkpoint_every: u64,
+    pub created_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WrappedKey {
+    version: u32,
+    id: Uuid,
+    nonce_and_ciphertext: String,
+}
+
+/// Where a stored chunk is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub pack: [u8; 32],
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// An open repository.
+pub struct Repo {
+    pub store: Arc<dyn ObjectStore>,
+    pub url: String,
+    /// Local root for `file://` repositories (objects are fsynced there).
+    local_root: Option<PathBuf>,
+    pub config: RepoConfig,
+    pub keys: Keys,
+}
+
+/// Parses a repository URL: `file:///path` or a plain path.
+pub fn store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
+    let path = if let Some(p) = url.strip_prefix("file://") {
+        PathBuf::from(p)
+    } else if url.contains("://") {
+        return Err(ShipError::Usage(format!(
+            "{url}: unsupported repository URL; this build supports file:///path (az:// is not built yet)"
+        )));
+    } else {
+        PathBuf::from(url)
+    };
+    if !path.is_absolute() {
+        return Err(ShipError::Usage(format!("{url}: the repository path must be absolute")));
+    }
+    std::fs::create_dir_all(&path).map_err(|e| ShipError::io(&path, "create repository directory", e))?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(&path).map_err(|e| ShipError::Store {
+        url: url.into(),
+        op: "open",
+        key: String::new(),
+        source: Box::new(e),
+    })?;
+    Ok((Arc::new(fs), Some(path)))
+}
+
+/// Reads a key file: 64 hex characters (32 bytes). Refuses a key file
+/// others can read.
+pub fn read_key_file(path: &Path) -> Result<[u8; 32]> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = std::fs::metadata(path).map_err(|e| ShipError::io(path, "read key file", e))?;
+    if md.permissions().mode() & 0o077 != 0 {
+        return Err(ShipError::KeyFile {
+            path: path.into(),
+            why: format!(
+                "is readable by others (mode {:o}); chmod 600 it",
+                md.permissions().mode() & 0o777
+            ),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ShipError::io(path, "read key file", e))?;
+    let b = hex::decode(text.trim()).map_err(|_| ShipError::KeyFile {
+        path: path.into(),
+        why: "is not 64 hex characters".into(),
+    })?;
+    b.try_into().map_err(|_| ShipError::KeyFile {
+        path: path.into(),
+        why: "must hold exactly 32 bytes (64 hex characters)".into(),
+    })
+}
+
+/// Creates a new key file (0600) unless it exists.
+pub fn create_key_file(path: &Path) -> Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(false);
+    }
+    let key: [u8; 32] = random();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ShipError::io(path, "create key file", e))?;
+    f.write_all(format!("{}\n", hex::encode(key)).as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| ShipError::io(path, "write key file", e))?;
+    Ok(true)
+}
+
+fn config_mac_input(c: &RepoConfig) -> Vec<u8> {
+    let mut c = c.clone();
+    c.mac = None;
+    serde_json::to_vec(&c).unwrap_or_default()
+}
+
+impl Repo {
+    fn err(&self, op: &'static str, key: &str, e: object_store::Error) -> ShipError {
+        ShipError::Store {
+            url: self.url.clone(),
+            op,
+            key: key.into(),
+            source: Box::new(e),
+        }
+    }
+
+    /// Creates a repository with a new master key wrapped by `key_file`.
+    pub async fn init(
+        url: &str,
+        key_file: &Path,
+        chunk_size: u32,
+        pack_size: u64,
+        checkpoint_every: u64,
+    ) -> Result<Repo> {
+        let (store, local_root) = store_for(url)?;
+        if store.head(&ObjPath::from("config")).await.is_ok() {
+            return Err(ShipError::RepositoryExists { url: url.into() });
+        }
+        let kf = read_key_file(key_file)?;
+        let master: [u8; 32] = random();
+        let keys = Keys::derive(&master);
+        let repo_id = Uuid::new_v4();
+        let key_id = Uuid::new_v4();
+        let mut aad = repo_id.as_bytes().to_vec();
+        aad.extend_from_slice(key_id.as_bytes());
+        let wrapped = WrappedKey {
+            version: 1,
+            id: key_id,
+            nonce_and_ciphertext: hex::encode(seal(&wrap_cipher(&kf), &aad, &master)),
+        };
+        let mut config = RepoConfig {
+            version: 1,
+            repo_id,
+            chunk_size,
+            pack_size,
+            checkpoint_every,
+            created_ns: hrl_format::now_ns(),
+            mac: None,
+        };
+        config.mac = Some(hex::encode(keys.mac(&config_mac_input(&config))));
+        let repo = Repo {
+            store,
+            url: url.into(),
+            local_root,
+            config: config.clone(),
+            keys,
+        };
+        repo.put(
+            &format!("keys/{key_id}"),
+            serde_json::to_vec(&wrapped).unwrap_or_default(),
+            true,
+        )
+        .await?;
+        // config last: a repository is only a repository once its key exists.
+        repo.put("config", serde_json::to_vec_pretty(&config).unwrap_or_default(), true)
+            .await?;
+        Ok(repo)
+    }
+
+    /// Opens a repository with `key_file`.
+    pub async fn open(url: &str, key_file: &Path) -> Result<Repo> {
+        let (store, local_root) = store_for(url)?;
+        let raw = match store.get(&ObjPath::from("config")).await {
+            Ok(r) => r.bytes().await.map_err(|e| ShipError::Store {
+                url: url.into(),
+                op: "read",
+                key: "config".into(),
+                source: Box::new(e),
+            })?,
+            Err(object_store::Error::NotFound { .. }) => return Err(ShipError::NoRepository { url: url.into() }),
+            Err(e) => {
+                return Err(ShipError::Store {
+                    url: url.into(),
+                    op: "read",
+                    key: "config".into(),
+                    source: Box::new(e),
+                })
+            }
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&raw).map_err(|e| ShipError::corrupt(format!("{url}/config"), e.to_string()))?;
+        let version = v["version"].as_u64().unwrap_or(0) as u32;
+        if version > 1 {
+            return Err(ShipError::NewerRepository {
+                url: url.into(),
+                version,
+            });
+        }
+        let config: RepoConfig =
+            serde_json::from_value(v).map_err(|e| ShipError::corrupt(format!("{url}/config"), e.to_string()))?;
+        let kf = read_key_file(key_file)?;
+        let cipher = wrap_cipher(&kf);
+        let key_objs: Vec<_> = store
+            .list(Some(&ObjPath::from("keys")))
+            .try_collect()
+            .await
+            .map_err(|e| ShipError::Store {
+                url: url.into(),
+                op: "list",
+                key: "keys/".into(),
+                source: Box::new(e),
+            })?;
+        let mut master = None;
+        for o in &key_objs {
+            let b = store
+                .get(&o.location)
+                .await
+                .map_err(|e| ShipError::Store {
+                    url: url.into(),
+                    op: "read",
+                    key: o.location.to_string(),
+                    source: Box::new(e),
+                })?
+                .bytes()
+                .await
+                .map_err(|e| ShipError::Store {
+                    url: url.into(),
+                    op: "read",
+                    key: o.location.to_string(),
+                    source: Box::new(e),
+                })?;
+            let Ok(w) = serde_json::from_slice::<WrappedKey>(&b) else {
+                continue;
+            };
+            let Ok(sealed) = hex::decode(&w.nonce_and_ciphertext) else {
+                continue;
+            };
+            let mut aad = config.repo_id.as_bytes().to_vec();
+            aad.extend_from_slice(w.id.as_bytes());
+            if let Ok(m) = open(&cipher, &aad, &sealed) {
+                if let Ok(m) = <[u8; 32]>::try_from(m.as_slice()) {
+                    master = Some(m);
+                    break;
+                }
+            }
+        }
+        let Some(master) = master else {
+            return Err(ShipError::WrongKey {
+                key_file: key_file.into(),
+                url: url.into(),
+                keys: key_objs.len(),
+            });
+        };
+        let keys = Keys::derive(&master);
+        let want = hex::encode(keys.mac(&config_mac_input(&config)));
+        if config.mac.as_deref() != Some(want.as_str()) {
+            return Err(ShipError::corrupt(
+                format!("{url}/config"),
+                "its authentication code does not match: the parameters were changed",
+            ));
+        }
+        Ok(Repo {
+            store,
+            url: url.into(),
+            local_root,
+            config,
+            keys,
+        })
+    }
+
+    /// Writes an object durably. `create`: fail if it exists.
+    pub async fn put(&self, key: &str, data: Vec<u8>, create: bool) -> Result<()> {
+        let p = ObjPath::from(key);
+        let opts = PutOptions {
+            mode: if create { PutMode::Create } else { PutMode::Overwrite },
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&p, PutPayload::from(Bytes::from(data)), opts)
+            .await
+            .map_err(|e| self.err("write", key, e))?;
+        if let Some(root) = &self.local_root {
+            // LocalFileSystem renames into place without fsync: make the
+            // object and its directory durable before anything refers to it.
+            let file = root.join(key);
+            let f = std::fs::File::open(&file).map_err(|e| ShipError::io(&file, "open", e))?;
+            f.sync_all().map_err(|e| ShipError::io(&file, "fsync", e))?;
+            if let Some(dir) = file.parent() {
+                hrl_format::sync_dir(dir)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes> {
+        let p = ObjPath::from(key);
+        self.store
+            .get(&p)
+            .await
+            .map_err(|e| self.err("read", key, e))?
+            .bytes()
+            .await
+            .map_err(|e| self.err("read", key, e))
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&ObjPath::from(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.err("stat", key, e)),
+        }
+    }
+
+    pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
+        self.store
+            .get_range(&ObjPath::from(key), start..end)
+            .await
+            .map_err(|e| self.err("read range", key, e))
+    }
+
+    /// Object names under `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let p = ObjPath::from(prefix);
+        let mut v: Vec<(String, u64)> = self
+            .store
+            .list(Some(&p))
+            .map_ok(|m| (m.location.to_string(), m.size))
+            .try_collect()
+            .await
+            .map_err(|e| self.err("list", prefix, e))?;
+        v.sort();
+        Ok(v)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        self.store
+            .delete(&ObjPath::from(key))
+            .await
+            .map_err(|e| self.err("delete", key, e))
+    }
+
+    /// Every index: chunk id -> location.
+    pub async fn load_index(&self) -> Result<HashMap<ChunkId, Location>> {
+        let mut map = HashMap::new();
+        for (key, _) in self.list("index").await? {
+            let blob = self.get(&key).await?;
+            for (id, loc) in crate::pack::decode_index(self, &key, &blob)? {
+                map.insert(id, loc);
+            }
+        }
+        Ok(map)
+    }
+}
+
+/// Object name of a pack.
+pub fn pack_key(id: &[u8; 32]) -> String {
+    let h = hex::encode(id);
+    format!("packs/{}/{h}", &h[..2])
+}

@@ -1,0 +1,346 @@
+//! Restore a point to an image file or block device, and check a
+//! repository. Every chunk is authenticated and re-hashed before it is
+//! written; any failure names the chunk and pack and says the target is
+//! incomplete.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::OpenOptions;
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::crypto::ChunkId;
+use crate::error::{Result, ShipError};
+use crate::manifest::{self, ChunkRef};
+use crate::repo::{pack_key, Location, Repo};
+
+/// Which point.
+#[derive(Debug, Clone, Copy)]
+pub enum PointSel {
+    Latest,
+    Seq(u64),
+}
+
+impl std::str::FromStr for PointSel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "latest" {
+            Ok(PointSel::Latest)
+        } else {
+            s.parse()
+                .map(PointSel::Seq)
+                .map_err(|_| format!("{s:?}: expected `latest` or a point sequence"))
+        }
+    }
+}
+
+pub async fn resolve(repo: &Repo, disk: &Uuid, p: PointSel) -> Result<u64> {
+    match p {
+        PointSel::Seq(s) => Ok(s),
+        PointSel::Latest => manifest::list_points(repo, disk)
+            .await?
+            .last()
+            .copied()
+            .ok_or_else(|| ShipError::Point {
+                disk: disk.to_string(),
+                why: "has no published point".into(),
+            }),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub disk: Uuid,
+    pub point: u64,
+    pub kind: hrl_format::PointKind,
+    pub device_size: u64,
+    pub chunks: u64,
+    pub stored_chunks: u64,
+    pub zero_chunks: u64,
+    pub bytes_written: u64,
+    pub bytes_fetched: u64,
+    pub seconds: f64,
+    pub target: PathBuf,
+}
+
+/// A chunk to fetch: where it is, its chunk index on the device, its id.
+type Fetch = (Location, u64, ChunkId);
+/// Chunks to fetch from one pack, in offset order.
+type PackPlan = Vec<Fetch>;
+/// One ranged read: start, end, and the chunks it covers.
+type RangeRead = (u64, u64, Vec<Fetch>);
+
+/// Groups a pack's blobs into ranged reads (gaps under 1 MiB are read through).
+fn ranges(plan: &PackPlan) -> Vec<RangeRead> {
+    let mut out: Vec<RangeRead> = Vec::new();
+    for &(loc, idx, id) in plan {
+        let end = loc.offset + loc.len as u64;
+        match out.last_mut() {
+            Some((_, e, items)) if loc.offset <= *e + (1 << 20) && end - items[0].0.offset <= 32 << 20 => {
+                *e = (*e).max(end);
+                items.push((loc, idx, id));
+            }
+            _ => out.push((loc.offset, end, vec![(loc, idx, id)])),
+        }
+    }
+    out
+}
+
+/// Restores point `p` of `disk` onto `to` (a new or existing image file, or
+/// a block device at least as large as the disk was).
+pub async fn restore(repo: &Repo, disk: &Uuid, p: PointSel, to: &Path, progress: bool) -> Result<RestoreReport> {
+    let t0 = Instant::now();
+    let seq = resolve(repo, disk, p).await?;
+    let (h, map) = manifest::full_map(repo, disk, seq).await?;
+    let index = repo.load_index().await?;
+    let incomplete = |why: String| ShipError::Point {
+        disk: disk.to_string(),
+        why: format!(
+            "restore of point {seq} failed: {why}; the restore target {} is incomplete",
+            to.display()
+        ),
+    };
+    let chunks = h.device_size.div_ceil(h.chunk_size as u64);
+    // Plan first: every stored chunk must be locatable before a byte is written.
+    let mut by_pack: BTreeMap<[u8; 32], PackPlan> = BTreeMap::new();
+    let mut zeros = Vec::new();
+    for idx in 0..chunks {
+        match map.get(&idx) {
+            None => {
+                return Err(incomplete(format!("the point has no entry for chunk {idx}")));
+            }
+            Some(ChunkRef::Zero) => zeros.push(idx),
+            Some(ChunkRef::Stored(id)) => {
+                let loc = index.get(id).ok_or_else(|| {
+                    incomplete(format!(
+                        "chunk {} (device offset {}) is in no index: the repository is damaged",
+                        hex::encode(id),
+                        idx * h.chunk_size as u64
+                    ))
+                })?;
+                by_pack.entry(loc.pack).or_default().push((*loc, idx, *id));
+            }
+        }
+    }
+    let existed = to.exists();
+    let mut oo = OpenOptions::new();
+    oo.write(true).read(true);
+    if !existed {
+        oo.create(true).mode(0o600);
+    }
+    let target = oo.open(to).map_err(|e| ShipError::io(to, "open restore target", e))?;
+    let md = target.metadata().map_err(|e| ShipError::io(to, "stat", e))?;
+    let is_dev = md.file_type().is_block_device();
+    let fresh = !existed || (!is_dev && md.len() == 0);
+    if is_dev {
+        let size = block_size(&target).map_err(|e| ShipError::io(to, "BLKGETSIZE64", e))?;
+        if size < h.device_size {
+            return Err(ShipError::Usage(format!(
+                "{}: the device has {size} bytes, point {seq} of disk {disk} needs {}",
+                to.display(),
+                h.device_size
+            )));
+        }
+    } else {
+        target
+            .set_len(h.device_size)
+            .map_err(|e| ShipError::io(to, "size image", e))?;
+    }
+    let mut rep = RestoreReport {
+        disk: *disk,
+        point: seq,
+        kind: h.kind,
+        device_size: h.device_size,
+        chunks,
+        stored_chunks: 0,
+        zero_chunks: zeros.len() as u64,
+        bytes_written: 0,
+        bytes_fetched: 0,
+        seconds: 0.0,
+        target: to.into(),
+    };
+    let csize = h.chunk_size as u64;
+    let chunk_len = |idx: u64| (h.device_size - idx * csize).min(csize) as usize;
+    if !fresh {
+        let z = vec![0u8; csize as usize];
+        for &idx in &zeros {
+            let n = chunk_len(idx);
+            target
+                .write_all_at(&z[..n], idx * csize)
+                .map_err(|e| incomplete(format!("write at {}: {e}", idx * csize)))?;
+            rep.bytes_written += n as u64;
+        }
+    }
+    let jobs: Vec<([u8; 32], RangeRead)> = by_pack
+        .into_iter()
+        .flat_map(|(pack, mut plan)| {
+            plan.sort_by_key(|(l, _, _)| l.offset);
+            ranges(&plan).into_iter().map(move |r| (pack, r))
+        })
+        .collect();
+    let total = jobs.len();
+    let mut fetches = futures::stream::iter(jobs.into_iter().map(|(pack, (s, e, items))| async move {
+        let key = pack_key(&pack);
+        let bytes = repo.get_range(&key, s, e).await;
+        (key, s, bytes, items)
+    }))
+    .buffer_unordered(8);
+    let mut done = 0usize;
+    let mut last = Instant::now();
+    while let Some((key, start, bytes, items)) = fetches.next().await {
+        let bytes = bytes.map_err(|e| incomplete(e.to_string()))?;
+        rep.bytes_fetched += bytes.len() as u64;
+        for (loc, idx, id) in items {
+            let a = (loc.offset - start) as usize;
+            let blob = bytes
+                .get(a..a + loc.len as usize)
+                .ok_or_else(|| incomplete(format!("pack {key} is shorter than its index says")))?;
+            let plain = repo
+                .keys
+                .open_chunk(&id, blob)
+                .map_err(|e| incomplete(format!("{e} (in pack {key} at offset {})", loc.offset)))?;
+            if plain.len() != chunk_len(idx) {
+                return Err(incomplete(format!(
+                    "chunk {} has {} bytes, chunk {idx} of the device needs {}",
+                    hex::encode(id),
+                    plain.len(),
+                    chunk_len(idx)
+                )));
+            }
+            target
+                .write_all_at(&plain, idx * csize)
+                .map_err(|e| incomplete(format!("write at {}: {e}", idx * csize)))?;
+            rep.stored_chunks += 1;
+            rep.bytes_written += plain.len() as u64;
+        }
+        done += 1;
+        if progress && last.elapsed().as_secs() >= 2 {
+            last = Instant::now();
+            eprintln!(
+                "restore: {:.0}% ({} MiB written, {:.0} MiB/s)",
+                done as f64 * 100.0 / total.max(1) as f64,
+                rep.bytes_written >> 20,
+                rep.bytes_written as f64 / 1048576.0 / t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    target.sync_all().map_err(|e| incomplete(format!("fsync: {e}")))?;
+    rep.seconds = t0.elapsed().as_secs_f64();
+    Ok(rep)
+}
+
+fn block_size(f: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64.
+    let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x8008_1272u64 as _, &mut size) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// A problem `check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    pub object: String,
+    pub what: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct CheckReport {
+    pub points: u64,
+    pub referenced_chunks: u64,
+    pub packs: u64,
+    pub chunks_read: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// Checks that every chunk a point references is indexed in an existing
+/// pack; with `read_data`, also that every indexed chunk decrypts and
+/// hashes to its id.
+pub async fn check(repo: &Repo, read_data: bool) -> Result<CheckReport> {
+    let mut r = CheckReport::default();
+    let index = repo.load_index().await?;
+    let packs: HashMap<String, u64> = repo.list("packs").await?.into_iter().collect();
+    r.packs = packs.len() as u64;
+    for disk in manifest::list_disks(repo).await? {
+        for seq in manifest::list_points(repo, &disk).await? {
+            r.points += 1;
+            match manifest::load(repo, &disk, seq).await {
+                Err(e) => r.problems.push(Problem {
+                    object: manifest::point_key(&disk, seq),
+                    what: e.to_string(),
+                }),
+                Ok((_, map)) => {
+                    for (idx, c) in map {
+                        if let ChunkRef::Stored(id) = c {
+                            r.referenced_chunks += 1;
+                            match index.get(&id) {
+                                None => r.problems.push(Problem {
+                                    object: manifest::point_key(&disk, seq),
+                                    what: format!("chunk {} (chunk {idx}) is in no index", hex::encode(id)),
+                                }),
+                                Some(l) if !packs.contains_key(&pack_key(&l.pack)) => r.problems.push(Problem {
+                                    object: pack_key(&l.pack),
+                                    what: format!("missing; chunk {} lives there", hex::encode(id)),
+                                }),
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if read_data {
+        let mut by_pack: BTreeMap<[u8; 32], Vec<(ChunkId, Location)>> = BTreeMap::new();
+        for (id, l) in &index {
+            by_pack.entry(l.pack).or_default().push((*id, *l));
+        }
+        for (pack, items) in by_pack {
+            let key = pack_key(&pack);
+            if !packs.contains_key(&key) {
+                continue;
+            }
+            let bytes = match repo.get(&key).await {
+                Ok(b) => b,
+                Err(e) => {
+                    r.problems.push(Problem {
+                        object: key.clone(),
+                        what: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if let Err(e) = crate::pack::read_trailer(repo, &key, &pack, &bytes) {
+                r.problems.push(Problem {
+                    object: key.clone(),
+                    what: e.to_string(),
+                });
+            }
+            for (id, l) in items {
+                r.chunks_read += 1;
+                let blob = bytes.get(l.offset as usize..(l.offset + l.len as u64) as usize);
+                let res = match blob {
+                    None => Err(ShipError::corrupt(
+                        format!("chunk {}", hex::encode(id)),
+                        "outside its pack",
+                    )),
+                    Some(b) => repo.keys.open_chunk(&id, b).map(|_| ()),
+                };
+                if let Err(e) = res {
+                    r.problems.push(Problem {
+                        object: key.clone(),
+                        what: format!("{e} (pack offset {})", l.offset),
+                    });
+                }
+            }
+        }
+    }
+    Ok(r)
+}

@@ -1,0 +1,339 @@
+//! The ship loop: follow each disk's spool, and for every point publish in
+//! order packs → index → manifest → cursor → delete shipped segments.
+//!
+//! Within a point window the last `Data` of a chunk wins. A chunk whose id
+//! the repository already holds is referenced, not uploaded. Memory holds one
+//! pack being built (about `pack_size`) plus the window's chunk map.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hrl_format::{Cursor, Follower, Record};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::crypto::ChunkId;
+use crate::error::{Result, ShipError};
+use crate::manifest::{self, ChunkRef, PointHeader};
+use crate::pack::{write_index, PackBuilder};
+use crate::repo::{Location, Repo};
+
+/// Options of `hrl-shipper run`.
+#[derive(Debug, Clone)]
+pub struct ShipOptions {
+    pub spool: PathBuf,
+    /// Ship what is there and return.
+    pub once: bool,
+    /// Delete spool segments once every record in them is published.
+    pub delete_shipped: bool,
+    pub poll: Duration,
+}
+
+impl ShipOptions {
+    pub fn new(spool: impl Into<PathBuf>) -> Self {
+        ShipOptions {
+            spool: spool.into(),
+            once: false,
+            delete_shipped: true,
+            poll: Duration::from_millis(200),
+        }
+    }
+}
+
+/// What shipping did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct ShipReport {
+    pub points_published: u64,
+    pub points_already_published: u64,
+    pub data_records: u64,
+    pub data_bytes: u64,
+    pub zero_chunks: u64,
+    pub chunks_new: u64,
+    pub chunks_deduplicated: u64,
+    pub stored_bytes: u64,
+    pub packs: u64,
+    pub segments_deleted: u64,
+    pub published: Vec<(Uuid, u64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CursorFile {
+    cursor: Cursor,
+}
+
+fn cursor_path(spool: &Path, disk: &Uuid) -> PathBuf {
+    spool.join(format!("{disk}.ship-cursor.json"))
+}
+
+fn load_cursor(spool: &Path, disk: &Uuid) -> Result<Cursor> {
+    let p = cursor_path(spool, disk);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice::<CursorFile>(&b)
+            .map(|c| c.cursor)
+            .map_err(|e| ShipError::corrupt(p.display().to_string(), e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Cursor::default()),
+        Err(e) => Err(ShipError::io(p, "read cursor", e)),
+    }
+}
+
+/// Writes the cursor atomically and durably.
+fn save_cursor(spool: &Path, disk: &Uuid, c: &CursorFile) -> Result<()> {
+    use std::io::Write;
+    let p = cursor_path(spool, disk);
+    let tmp = spool.join(format!(".{disk}.ship-cursor.tmp"));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| ShipError::io(&tmp, "create", e))?;
+    f.write_all(&serde_json::to_vec(c).unwrap_or_default())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| ShipError::io(&tmp, "write cursor", e))?;
+    std::fs::rename(&tmp, &p).map_err(|e| ShipError::io(&p, "rename cursor", e))?;
+    hrl_format::sync_dir(spool)?;
+    Ok(())
+}
+
+/// Ships one disk's log.
+struct DiskShipper {
+    disk: Uuid,
+    follower: Follower,
+    window: BTreeMap<u64, ChunkRef>,
+    window_data: u64,
+    window_new: u64,
+    pack: PackBuilder,
+    /// Packs uploaded since the last index.
+    unindexed: Vec<crate::pack::PackEntries>,
+    /// Chunks in uploaded packs not yet in an index.
+    pending: HashMap<ChunkId, Location>,
+}
+
+impl DiskShipper {
+    fn new(spool: &Path, disk: Uuid) -> Result<Self> {
+        let c = load_cursor(spool, &disk)?;
+        Ok(DiskShipper {
+            disk,
+            follower: Follower::new(spool, disk, c),
+            window: BTreeMap::new(),
+            window_data: 0,
+            window_new: 0,
+            pack: PackBuilder::new(),
+            unindexed: Vec::new(),
+            pending: HashMap::new(),
+        })
+    }
+
+    async fn flush_pack(&mut self, repo: &Repo, report: &mut ShipReport) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let pack = std::mem::take(&mut self.pack);
+        let id = pack.id;
+        let (key, bytes, entries) = pack.finish(repo);
+        repo.put(&key, bytes, true).await?;
+        report.packs += 1;
+        self.unindexed.push((id, entries));
+        Ok(())
+    }
+
+    /// Processes records until none is complete right now. Returns whether
+    /// any was processed.
+    async fn step(
+        &mut self,
+        repo: &Repo,
+        index: &mut HashMap<ChunkId, Location>,
+        opts: &ShipOptions,
+        report: &mut ShipReport,
+        stop: &AtomicBool,
+    ) -> Result<bool> {
+        let mut any = false;
+        while !stop.load(Ordering::Relaxed) {
+            let Some(f) = self.follower.try_next()? else { break };
+            any = true;
+            if f.header.chunk_size != repo.config.chunk_size {
+                return Err(ShipError::Usage(format!(
+                    "disk {}: the spool uses {} byte chunks, repository {} uses {}: track the disk with --chunk-size {}",
+                    self.disk, f.header.chunk_size, repo.url, repo.config.chunk_size, repo.config.chunk_size
+                )));
+            }
+            match f.record {
+                Record::Data(d) => {
+                    report.data_records += 1;
+                    let idx = d.offset / f.header.chunk_size as u64;
+                    if d.is_zero() {
+                        report.zero_chunks += 1;
+                        self.window.insert(idx, ChunkRef::Zero);
+                        continue;
+                    }
+                    report.data_bytes += d.data.len() as u64;
+                    self.window_data += d.data.len() as u64;
+                    let id = repo.keys.chunk_id(&d.data);
+                    if index.contains_key(&id) || self.pending.contains_key(&id) {
+                        report.chunks_deduplicated += 1;
+                    } else {
+                        let blob = repo.keys.seal_chunk(&id, &d.data);
+                        report.chunks_new += 1;
+                        report.stored_bytes += blob.len() as u64;
+                        self.window_new += blob.len() as u64;
+                        let loc = self.pack.add(id, &blob);
+                        self.pending.insert(id, loc);
+                        if self.pack.len() as u64 >= repo.config.pack_size {
+                            self.flush_pack(repo, report).await?;
+                        }
+                    }
+                    self.window.insert(idx, ChunkRef::Stored(id));
+                }
+                Record::Tag(t) if !t.aborted => {
+                    self.publish(repo, index, opts, report, &f.header, &t, f.next).await?;
+                }
+                // A finished segment with nothing unpublished before its
+                // end: move the cursor past it and delete it now rather
+                // than at the next point.
+                Record::Seal(_) if self.window.is_empty() && self.pack.is_empty() => {
+                    self.advance(opts, f.next, report)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(any)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn publish(
+        &mut self,
+        repo: &Repo,
+        index: &mut HashMap<ChunkId, Location>,
+        opts: &ShipOptions,
+        report: &mut ShipReport,
+        header: &hrl_format::FileHeader,
+        tag: &hrl_format::Tag,
+        next: Cursor,
+    ) -> Result<()> {
+        // 1. packs, 2. index: durable before the manifest that needs them.
+        self.flush_pack(repo, report).await?;
+        if !self.unindexed.is_empty() {
+            write_index(repo, &self.unindexed).await?;
+            self.unindexed.clear();
+            index.extend(self.pending.drain());
+        }
+        crate::failover::check_fence(repo, &self.disk).await?;
+        // 3. manifest (once: a re-shipped point after a crash is not written again).
+        let key = manifest::point_key(&self.disk, tag.seq);
+        if repo.exists(&key).await? {
+            report.points_already_published += 1;
+        } else {
+            let earlier: Vec<u64> = manifest::list_points(repo, &self.disk)
+                .await?
+                .into_iter()
+                .filter(|&s| s < tag.seq)
+                .collect();
+            let base = earlier.last().copied();
+            let since_cp = match base {
+                None => u64::MAX,
+                Some(_) => {
+                    let mut n = 0;
+                    for &s in earlier.iter().rev() {
+                        n += 1;
+                        if manifest::load(repo, &self.disk, s).await?.0.checkpoint {
+                            break;
+                        }
+                    }
+                    n
+                }
+            };
+            let checkpoint = base.is_none() || since_cp >= repo.config.checkpoint_every;
+            let chunks = header.device_size.div_ceil(header.chunk_size as u64);
+            let map = match (checkpoint, base) {
+                (true, Some(b)) => {
+                    let (_, mut full) = manifest::full_map(repo, &self.disk, b).await?;
+                    full.extend(std::mem::take(&mut self.window));
+                    full
+                }
+                _ => std::mem::take(&mut self.window),
+            };
+            if checkpoint && (map.len() as u64) < chunks {
+                return Err(ShipError::Point {
+                    disk: self.disk.to_string(),
+                    why: format!(
+                        "point {} would be a checkpoint but covers {} of {} chunks: the spool does not start with the disk's initial sync (was it shipped elsewhere?)",
+                        tag.seq,
+                        map.len(),
+                        chunks
+                    ),
+                });
+            }
+            let h = PointHeader {
+                disk: self.disk,
+                seq: tag.seq,
+                kind: tag.kind,
+                time_ns: tag.time_ns,
+                freeze_ns: tag.freeze_ns,
+                device_size: header.device_size,
+                chunk_size: header.chunk_size,
+                checkpoint,
+                base,
+                entries: map.len() as u64,
+                new_bytes: self.window_new,
+                data_bytes: self.window_data,
+                published_ns: hrl_format::now_ns(),
+            };
+            repo.put(&key, manifest::encode(repo, &h, &map), true).await?;
+            report.points_published += 1;
+            report.published.push((self.disk, tag.seq));
+            tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
+        }
+        self.window.clear();
+        self.window_data = 0;
+        self.window_new = 0;
+        // 4. cursor, 5. delete what is wholly shipped.
+        self.advance(opts, next, report)
+    }
+
+    /// Saves the cursor durably, then deletes segments wholly before it.
+    fn advance(&mut self, opts: &ShipOptions, next: Cursor, report: &mut ShipReport) -> Result<()> {
+        save_cursor(&opts.spool, &self.disk, &CursorFile { cursor: next })?;
+        if opts.delete_shipped {
+            for s in hrl_format::list_segments(&opts.spool, Some(self.disk))? {
+                if s.seq < next.seq {
+                    std::fs::remove_file(&s.path).map_err(|e| ShipError::io(&s.path, "delete shipped segment", e))?;
+                    report.segments_deleted += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Ships every disk of the spool into `repo` until `stop` (or, with
+/// `once`, until nothing complete is left).
+pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<ShipReport> {
+    let mut index = repo.load_index().await?;
+    let mut report = ShipReport::default();
+    let mut disks: Vec<DiskShipper> = Vec::new();
+    let mut last_log = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        for d in hrl_format::list_disks(&opts.spool)? {
+            if !disks.iter().any(|s| s.disk == d) {
+                disks.push(DiskShipper::new(&opts.spool, d)?);
+            }
+        }
+        let mut any = false;
+        for d in disks.iter_mut() {
+            any |= d.step(repo, &mut index, opts, &mut report, stop).await?;
+        }
+        if last_log.elapsed() > Duration::from_secs(10) {
+            last_log = Instant::now();
+            tracing::info!(
+                points = report.points_published,
+                data_mib = report.data_bytes >> 20,
+                stored_mib = report.stored_bytes >> 20,
+                "shipping"
+            );
+        }
+        if !any {
+            if opts.once {
+                break;
+            }
+            tokio::time::sleep(opts.poll).await;
+        }
+    }
+    Ok(report)
+}

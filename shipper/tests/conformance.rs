@@ -1,0 +1,331 @@
+//! Repository conformance: spools written by test code are shipped, every
+//! point restores byte-identical to `hrl replay` of the same spool, dedup
+//! stores repeated content once, and damage or a wrong key fails clearly.
+//! Runs against the local directory store (the embedded default).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use hrl_format::{Data, LogConfig, LogWriter, PointKind, Record, Tag};
+use hrl_shipper::repo::{create_key_file, Repo};
+use hrl_shipper::restore::{check, restore, PointSel};
+use hrl_shipper::ship::{ship, ShipOptions};
+use hrl_shipper::ShipError;
+use uuid::Uuid;
+
+const CHUNK: u32 = 65536;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n.div_ceil(8))
+            .flat_map(|_| self.next().to_le_bytes())
+            .take(n)
+            .collect()
+    }
+}
+
+/// Writes a spool for one disk: an initial full copy, then `points` windows
+/// of random, repeated and zero chunks, each ended by a tag. Returns the
+/// disk id and the point sequences.
+fn make_spool(spool: &Path, chunks: u64, last_short: usize, points: u64, seed: u64, shared: &[u8]) -> (Uuid, Vec<u64>) {
+    let disk = Uuid::new_v4();
+    let size = (chunks - 1) * CHUNK as u64 + last_short as u64;
+    let mut cfg = LogConfig::new(spool, disk, CHUNK, 512, size);
+    cfg.rotate_bytes = 1 << 20;
+    let mut w = LogWriter::open(cfg).unwrap();
+    let mut rng = Rng(seed);
+    let len = |c: u64| if c == chunks - 1 { last_short } else { CHUNK as usize };
+    let data = |c: u64, bytes: Vec<u8>| {
+        Record::Data(Data {
+            offset: c * CHUNK as u64,
+            flags: 0,
+            data: bytes,
+        })
+    };
+    let zero = |c: u64| {
+        Record::Data(Data {
+            offset: c * CHUNK as u64,
+            flags: Data::ZERO,
+            data: vec![],
+        })
+    };
+    for c in 0..chunks {
+        let r = match c % 4 {
+            0 => zero(c),
+            1 if len(c) == CHUNK as usize => data(c, shared.to_vec()),
+            _ => data(c, rng.bytes(len(c))),
+        };
+        w.append(&r).unwrap();
+    }
+    let mut seqs = Vec::new();
+    for p in 1..=points {
+        for _ in 0..(1 + rng.next() % 6) {
+            let c = rng.next() % chunks;
+            let r = match rng.next() % 3 {
+                0 => zero(c),
+                1 if len(c) == CHUNK as usize => data(c, shared.to_vec()),
+                _ => data(c, rng.bytes(len(c))),
+            };
+            w.append(&r).unwrap();
+            // Sometimes the same chunk twice in a window: the last must win.
+            if rng.next() % 4 == 0 {
+                w.append(&data(c, rng.bytes(len(c)))).unwrap();
+            }
+        }
+        let aborted = p % 5 == 3;
+        w.append(&Record::Tag(Tag {
+            seq: p,
+            kind: PointKind::Crash,
+            aborted,
+            time_ns: hrl_format::now_ns(),
+            freeze_ns: 1000,
+            group: None,
+        }))
+        .unwrap();
+        if !aborted {
+            seqs.push(p);
+        }
+    }
+    w.close().unwrap();
+    (disk, seqs)
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    url: String,
+    key: PathBuf,
+}
+
+async fn env() -> (Env, Repo) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let url = format!("file://{}", root.join("repo").display());
+    let key = root.join("key");
+    create_key_file(&key).unwrap();
+    let repo = Repo::init(&url, &key, CHUNK, 1 << 20, 4).await.unwrap();
+    (
+        Env {
+            _dir: dir,
+            root,
+            url,
+            key,
+        },
+        repo,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_point_of_several_disks_restores_identical_to_replay_and_dedup_stores_once() {
+    let (e, repo) = env().await;
+    let spool = e.root.join("spool");
+    let archive = e.root.join("archive");
+    std::fs::create_dir_all(&spool).unwrap();
+    let shared: Vec<u8> = Rng(1).bytes(CHUNK as usize);
+    let (a, pa) = make_spool(&spool, 40, 1000, 12, 7, &shared);
+    let (b, pb) = make_spool(&spool, 25, CHUNK as usize, 9, 8, &shared);
+    // Keep a copy of the spool: shipping deletes what it shipped.
+    std::fs::create_dir_all(&archive).unwrap();
+    for s in hrl_format::list_segments(&spool, None).unwrap() {
+        std::fs::copy(&s.path, archive.join(s.path.file_name().unwrap())).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    let mut o = ShipOptions::new(&spool);
+    o.once = true;
+    let rep = ship(&repo, &o, &stop).await.unwrap();
+    assert_eq!(rep.points_published as usize, pa.len() + pb.len());
+    // Shipping again finds nothing new.
+    let again = ship(&repo, &o, &stop).await.unwrap();
+    assert_eq!(again.points_published, 0);
+    assert!(rep.segments_deleted > 0);
+    assert!(
+        hrl_format::list_segments(&spool, None).unwrap().is_empty(),
+        "every segment was wholly shipped and must be deleted"
+    );
+    // The shared chunk content is stored exactly once across both disks.
+    let shared_refs = rep.chunks_deduplicated;
+    assert!(
+        shared_refs > 10,
+        "repeated chunks should be deduplicated ({shared_refs})"
+    );
+    for (disk, points) in [(a, &pa), (b, &pb)] {
+        for &p in points.iter() {
+            let want = e.root.join(format!("want-{disk}-{p}"));
+            hrl_format::replay(&archive, Some(disk), Some(p), &want).unwrap();
+            let got = e.root.join(format!("got-{disk}-{p}"));
+            let r = restore(&repo, &disk, PointSel::Seq(p), &got, false).await.unwrap();
+            assert_eq!(r.point, p);
+            assert!(
+                std::fs::read(&want).unwrap() == std::fs::read(&got).unwrap(),
+                "disk {disk} point {p}: restore differs from replay"
+            );
+            std::fs::remove_file(&want).unwrap();
+            std::fs::remove_file(&got).unwrap();
+        }
+    }
+    // Restoring over an existing, dirty image writes zero chunks too.
+    let got = e.root.join("over");
+    std::fs::write(&got, vec![0xAAu8; 40 * CHUNK as usize]).unwrap();
+    let last = *pa.last().unwrap();
+    restore(&repo, &a, PointSel::Latest, &got, false).await.unwrap();
+    let want = e.root.join("want-over");
+    hrl_format::replay(&archive, Some(a), Some(last), &want).unwrap();
+    assert!(
+        std::fs::read(&want).unwrap() == std::fs::read(&got).unwrap(),
+        "restore over a dirty image"
+    );
+    // Checkpoints bound the chain: with checkpoint_every = 4, at most 4 manifests per restore.
+    let (h, _) = hrl_shipper::manifest::load(&repo, &a, pa[0]).await.unwrap();
+    assert!(h.checkpoint, "a disk's first point is a checkpoint");
+    let cps = {
+        let mut n = 0;
+        for &p in &pa {
+            if hrl_shipper::manifest::load(&repo, &a, p).await.unwrap().0.checkpoint {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(cps >= 2, "expected periodic checkpoints, found {cps}");
+    let c = check(&repo, true).await.unwrap();
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    assert!(c.chunks_read > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_a_loose_key_file_and_a_newer_repository_are_clear_errors() {
+    let (e, _) = env().await;
+    let other = e.root.join("other-key");
+    create_key_file(&other).unwrap();
+    let err = Repo::open(&e.url, &other).await.err().expect("a wrong key must fail");
+    assert!(matches!(err, ShipError::WrongKey { .. }), "{err}");
+    assert!(err.to_string().contains("wrong key"), "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&e.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Repo::open(&e.url, &e.key)
+        .await
+        .err()
+        .expect("a world-readable key file must be refused");
+    assert!(err.to_string().contains("readable by others"), "{err}");
+    std::fs::set_permissions(&e.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Refuses to initialise over an existing repository.
+    let err = Repo::init(&e.url, &e.key, CHUNK, 1 << 20, 4).await.err().unwrap();
+    assert!(matches!(err, ShipError::RepositoryExists { .. }), "{err}");
+    // A changed parameter is detected; a newer version refused.
+    let cfgp = e.root.join("repo/config");
+    let text = std::fs::read_to_string(&cfgp).unwrap();
+    std::fs::write(
+        &cfgp,
+        text.replace("\"checkpoint_every\": 4", "\"checkpoint_every\": 5"),
+    )
+    .unwrap();
+    let err = Repo::open(&e.url, &e.key).await.err().unwrap();
+    assert!(err.to_string().contains("parameters were changed"), "{err}");
+    std::fs::write(&cfgp, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+    let err = Repo::open(&e.url, &e.key).await.err().unwrap();
+    assert!(matches!(err, ShipError::NewerRepository { version: 2, .. }), "{err}");
+    let err = Repo::open(&format!("file://{}", e.root.join("nothing").display()), &e.key)
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, ShipError::NoRepository { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk() {
+    let (e, repo) = env().await;
+    let spool = e.root.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let (disk, points) = make_spool(&spool, 20, CHUNK as usize, 3, 3, &Rng(2).bytes(CHUNK as usize));
+    let mut o = ShipOptions::new(&spool);
+    o.once = true;
+    ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    // Flip one byte in the middle of the largest pack.
+    let packs = repo.list("packs").await.unwrap();
+    let (key, size) = packs.iter().max_by_key(|(_, s)| *s).unwrap().clone();
+    let path = e.root.join("repo").join(&key);
+    let mut b = std::fs::read(&path).unwrap();
+    b[(size / 3) as usize] ^= 0x10;
+    std::fs::write(&path, &b).unwrap();
+    let target = e.root.join("img");
+    let err = restore(&repo, &disk, PointSel::Seq(*points.last().unwrap()), &target, false)
+        .await
+        .expect_err("restore from a tampered pack must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("chunk ") && msg.contains(&key), "{msg}");
+    assert!(msg.contains("incomplete"), "{msg}");
+    let c = check(&repo, true).await.unwrap();
+    assert!(!c.problems.is_empty(), "check --read-data must find the flipped byte");
+    assert!(
+        c.problems.iter().any(|p| p.object == key && p.what.contains("chunk ")),
+        "{:?}",
+        c.problems
+    );
+    // Without --read-data the structure is still fine.
+    assert!(check(&repo, false).await.unwrap().problems.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_sees_no_plaintext() {
+    let (e, repo) = env().await;
+    let spool = e.root.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let marker = b"HRL-PLAINTEXT-MARKER-0123456789";
+    let disk = Uuid::new_v4();
+    let mut w = LogWriter::open(LogConfig::new(&spool, disk, CHUNK, 512, 2 * CHUNK as u64)).unwrap();
+    let mut chunk = marker.repeat(CHUNK as usize / marker.len() + 1);
+    chunk.truncate(CHUNK as usize);
+    for c in 0..2 {
+        w.append(&Record::Data(Data {
+            offset: c * CHUNK as u64,
+            flags: 0,
+            data: chunk.clone(),
+        }))
+        .unwrap();
+    }
+    w.append(&Record::Tag(Tag {
+        seq: 1,
+        kind: PointKind::App,
+        aborted: false,
+        time_ns: 1,
+        freeze_ns: 1,
+        group: None,
+    }))
+    .unwrap();
+    w.close().unwrap();
+    let mut o = ShipOptions::new(&spool);
+    o.once = true;
+    ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    let mut n = 0;
+    for entry in walk(&e.root.join("repo")) {
+        let b = std::fs::read(&entry).unwrap();
+        n += 1;
+        assert!(
+            !b.windows(marker.len()).any(|w| w == marker),
+            "{} holds plaintext",
+            entry.display()
+        );
+        assert!(!b.windows(16).any(|w| w == &disk.as_bytes()[..]) || entry.to_string_lossy().contains("points/"));
+    }
+    assert!(n >= 4);
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
