@@ -86,6 +86,69 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Restore a point for real and record that the disk failed over: from
+    /// then on, a shipper of the old source refuses to publish its points.
+    Failover {
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long)]
+        disk: Uuid,
+        #[arg(long, default_value = "latest")]
+        point: PointSel,
+        #[arg(long)]
+        to: PathBuf,
+        /// Fail over again although the disk already failed over (the new
+        /// record replaces the old one; the earlier target stops being the
+        /// recorded one).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Restore a point into a scratch target, run a check command on it
+    /// (`{}` is replaced by the target path), report, and remove the target.
+    /// Replication is not touched.
+    TestFailover {
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long)]
+        disk: Uuid,
+        #[arg(long, default_value = "latest")]
+        point: PointSel,
+        #[arg(long)]
+        to: PathBuf,
+        /// e.g. "e2fsck -fn {}"
+        #[arg(long)]
+        check: Option<String>,
+        /// Keep the scratch target.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Bring an existing device or image to a point, writing only the
+    /// chunks that differ.
+    Failback {
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long)]
+        disk: Uuid,
+        #[arg(long, default_value = "latest")]
+        point: PointSel,
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare a device or image with a point by hash; exit 1 on any difference.
+    Verify {
+        #[command(flatten)]
+        r: RepoArgs,
+        #[arg(long)]
+        disk: Uuid,
+        #[arg(long, default_value = "latest")]
+        point: PointSel,
+        #[arg(long)]
+        against: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the repository: every referenced chunk exists; with
     /// --read-data, every chunk decrypts and hashes to its id.
     Check {
@@ -243,12 +306,13 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
                 println!("{}", serde_json::to_string(&rep).unwrap_or_default());
             } else {
                 println!(
-                    "restored point {} ({:?}) of disk {} to {}: {} in {:.1}s ({:.0} MiB/s), {} stored and {} zero chunks, every chunk verified",
+                    "restored point {} ({:?}) of disk {} to {}: {} disk, {} of data written in {:.2}s ({:.0} MiB/s of data), {} stored and {} zero chunks, every chunk verified",
                     rep.point,
                     rep.kind,
                     rep.disk,
                     rep.target.display(),
                     human(rep.device_size),
+                    human(rep.bytes_written),
                     rep.seconds,
                     rep.bytes_written as f64 / 1048576.0 / rep.seconds.max(1e-9),
                     rep.stored_chunks,
@@ -259,6 +323,137 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
                 }
             }
             Ok(0)
+        }
+        Cmd::Failover {
+            r,
+            disk,
+            point,
+            to,
+            force,
+        } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            if !force {
+                if let Err(e) = hrl_shipper::failover::check_fence(&repo, &disk).await {
+                    return Err(ShipError::Usage(format!(
+                        "{e}\nIt already failed over; --force fails over again (only if the earlier target is abandoned: both sides would otherwise claim the disk)."
+                    )));
+                }
+            }
+            let rep = hrl_shipper::restore::restore(&repo, &disk, point, &to, true).await?;
+            hrl_shipper::failover::record(
+                &repo,
+                &hrl_shipper::failover::FailoverRecord {
+                    disk,
+                    point: rep.point,
+                    time_ns: hrl_format::now_ns(),
+                    target: to.display().to_string(),
+                    forced: force,
+                },
+            )
+            .await?;
+            println!(
+                "failed over disk {disk} to point {} on {} ({:.1}s); shippers of the old source now refuse to publish for this disk",
+                rep.point,
+                to.display(),
+                rep.seconds
+            );
+            Ok(0)
+        }
+        Cmd::TestFailover {
+            r,
+            disk,
+            point,
+            to,
+            check,
+            keep,
+        } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            if to.exists() {
+                return Err(ShipError::Usage(format!(
+                    "{}: the scratch target exists; test-failover writes a new one and removes it after",
+                    to.display()
+                )));
+            }
+            let rep = hrl_shipper::restore::restore(&repo, &disk, point, &to, true).await?;
+            println!(
+                "test failover: restored point {} of disk {disk} to {} in {:.1}s",
+                rep.point,
+                to.display(),
+                rep.seconds
+            );
+            let mut ok = true;
+            if let Some(cmd) = check {
+                let cmd = cmd.replace("{}", &to.display().to_string());
+                let t = std::time::Instant::now();
+                let st = std::process::Command::new("/bin/sh")
+                    .arg("-c")
+                    .arg(&cmd)
+                    .status()
+                    .map_err(|e| ShipError::io("/bin/sh", "run check", e))?;
+                ok = st.success();
+                println!(
+                    "test failover: check `{cmd}` {} in {:.1}s",
+                    if ok { "PASSED" } else { "FAILED" },
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            if keep {
+                println!("test failover: kept {}", to.display());
+            } else {
+                std::fs::remove_file(&to).map_err(|e| ShipError::io(&to, "remove scratch target", e))?;
+            }
+            Ok(if ok { 0 } else { 1 })
+        }
+        Cmd::Failback {
+            r,
+            disk,
+            point,
+            to,
+            json,
+        } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            let rep = hrl_shipper::restore::failback(&repo, &disk, point, &to, true).await?;
+            if json {
+                println!("{}", serde_json::to_string(&rep).unwrap_or_default());
+            } else {
+                println!(
+                    "failed back {} to point {} of disk {disk}: {} chunks compared, {} written ({} zero), {} already right; {:.1}s",
+                    to.display(),
+                    rep.point,
+                    rep.compared,
+                    rep.stored_chunks + rep.zero_chunks,
+                    rep.zero_chunks,
+                    rep.skipped,
+                    rep.seconds
+                );
+            }
+            Ok(0)
+        }
+        Cmd::Verify {
+            r,
+            disk,
+            point,
+            against,
+            json,
+        } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            let (seq, diffs) = hrl_shipper::restore::verify(&repo, &disk, point, &against).await?;
+            if json {
+                println!("{}", serde_json::json!({"point": seq, "differences": diffs}));
+            } else if diffs.is_empty() {
+                println!("{} matches point {seq} of disk {disk}", against.display());
+            } else {
+                for d in &diffs {
+                    println!("differs: offset {} length {}", d.offset, d.len);
+                }
+                println!(
+                    "{} differs from point {seq} of disk {disk} in {} ranges, {} in all",
+                    against.display(),
+                    diffs.len(),
+                    human(diffs.iter().map(|d| d.len).sum())
+                );
+            }
+            Ok(if diffs.is_empty() { 0 } else { 1 })
         }
         Cmd::Check { r, read_data, json } => {
             let repo = Repo::open(&r.repo, &r.key_file).await?;

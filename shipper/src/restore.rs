@@ -65,6 +65,47 @@ pub struct RestoreReport {
     pub bytes_fetched: u64,
     pub seconds: f64,
     pub target: PathBuf,
+    /// Failback: chunks of the target read and hashed.
+    pub compared: u64,
+    /// Failback: chunks already right, not written.
+    pub skipped: u64,
+}
+
+/// A byte range where a device differs from a point.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Compares `against` with point `p` by hash; returns the differing ranges
+/// (adjacent chunks merged). Nothing is fetched from the store.
+pub async fn verify(repo: &Repo, disk: &Uuid, p: PointSel, against: &Path) -> Result<(u64, Vec<Difference>)> {
+    let seq = resolve(repo, disk, p).await?;
+    let (h, map) = manifest::full_map(repo, disk, seq).await?;
+    let f = std::fs::File::open(against).map_err(|e| ShipError::io(against, "open", e))?;
+    let csize = h.chunk_size as u64;
+    let chunks = h.device_size.div_ceil(csize);
+    let mut buf = vec![0u8; csize as usize];
+    let mut diffs: Vec<Difference> = Vec::new();
+    for idx in 0..chunks {
+        let n = (h.device_size - idx * csize).min(csize) as usize;
+        let ok = match f.read_exact_at(&mut buf[..n], idx * csize) {
+            Ok(()) => map.get(&idx).is_some_and(|r| same(repo, r, &buf[..n])),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => false,
+            Err(e) => return Err(ShipError::io(against, "read", e)),
+        };
+        if !ok {
+            match diffs.last_mut() {
+                Some(d) if d.offset + d.len == idx * csize => d.len += n as u64,
+                _ => diffs.push(Difference {
+                    offset: idx * csize,
+                    len: n as u64,
+                }),
+            }
+        }
+    }
+    Ok((seq, diffs))
 }
 
 /// A chunk to fetch: where it is, its chunk index on the device, its id.
@@ -93,6 +134,37 @@ fn ranges(plan: &PackPlan) -> Vec<RangeRead> {
 /// Restores point `p` of `disk` onto `to` (a new or existing image file, or
 /// a block device at least as large as the disk was).
 pub async fn restore(repo: &Repo, disk: &Uuid, p: PointSel, to: &Path, progress: bool) -> Result<RestoreReport> {
+    restore_with(repo, disk, p, to, progress, false).await
+}
+
+/// Brings an existing device or image to point `p` by reading and hashing
+/// each of its chunks and writing only those that differ.
+pub async fn failback(repo: &Repo, disk: &Uuid, p: PointSel, to: &Path, progress: bool) -> Result<RestoreReport> {
+    if !to.exists() {
+        return Err(ShipError::Usage(format!(
+            "{}: failback needs the existing device or image to bring back; use restore for a new target",
+            to.display()
+        )));
+    }
+    restore_with(repo, disk, p, to, progress, true).await
+}
+
+/// Whether the target's chunk already holds what the point says.
+fn same(repo: &Repo, r: &ChunkRef, have: &[u8]) -> bool {
+    match r {
+        ChunkRef::Zero => have.iter().all(|&b| b == 0),
+        ChunkRef::Stored(id) => repo.keys.chunk_id(have) == *id,
+    }
+}
+
+async fn restore_with(
+    repo: &Repo,
+    disk: &Uuid,
+    p: PointSel,
+    to: &Path,
+    progress: bool,
+    only_differing: bool,
+) -> Result<RestoreReport> {
     let t0 = Instant::now();
     let seq = resolve(repo, disk, p).await?;
     let (h, map) = manifest::full_map(repo, disk, seq).await?;
@@ -105,10 +177,32 @@ pub async fn restore(repo: &Repo, disk: &Uuid, p: PointSel, to: &Path, progress:
         ),
     };
     let chunks = h.device_size.div_ceil(h.chunk_size as u64);
+    let csize = h.chunk_size as u64;
+    // Failback: hash the target's chunks and keep only those that differ.
+    let mut skip = vec![false; if only_differing { chunks as usize } else { 0 }];
+    let mut compared = 0u64;
+    if only_differing {
+        let f = std::fs::File::open(to).map_err(|e| ShipError::io(to, "open failback target", e))?;
+        let mut buf = vec![0u8; csize as usize];
+        for idx in 0..chunks {
+            let n = (h.device_size - idx * csize).min(csize) as usize;
+            f.read_exact_at(&mut buf[..n], idx * csize)
+                .map_err(|e| ShipError::io(to, "read failback target", e))?;
+            compared += 1;
+            if let Some(r) = map.get(&idx) {
+                skip[idx as usize] = same(repo, r, &buf[..n]);
+            }
+        }
+    }
     // Plan first: every stored chunk must be locatable before a byte is written.
     let mut by_pack: BTreeMap<[u8; 32], PackPlan> = BTreeMap::new();
     let mut zeros = Vec::new();
+    let mut skipped = 0u64;
     for idx in 0..chunks {
+        if only_differing && skip[idx as usize] {
+            skipped += 1;
+            continue;
+        }
         match map.get(&idx) {
             None => {
                 return Err(incomplete(format!("the point has no entry for chunk {idx}")));
@@ -135,7 +229,7 @@ pub async fn restore(repo: &Repo, disk: &Uuid, p: PointSel, to: &Path, progress:
     let target = oo.open(to).map_err(|e| ShipError::io(to, "open restore target", e))?;
     let md = target.metadata().map_err(|e| ShipError::io(to, "stat", e))?;
     let is_dev = md.file_type().is_block_device();
-    let fresh = !existed || (!is_dev && md.len() == 0);
+    let fresh = !only_differing && (!existed || (!is_dev && md.len() == 0));
     if is_dev {
         let size = block_size(&target).map_err(|e| ShipError::io(to, "BLKGETSIZE64", e))?;
         if size < h.device_size {
@@ -162,8 +256,9 @@ pub async fn restore(repo: &Repo, disk: &Uuid, p: PointSel, to: &Path, progress:
         bytes_fetched: 0,
         seconds: 0.0,
         target: to.into(),
+        compared,
+        skipped,
     };
-    let csize = h.chunk_size as u64;
     let chunk_len = |idx: u64| (h.device_size - idx * csize).min(csize) as usize;
     if !fresh {
         let z = vec![0u8; csize as usize];

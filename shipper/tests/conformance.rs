@@ -329,3 +329,94 @@ fn walk(d: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_writes_only_what_differs_verify_lists_it_and_failover_fences_the_old_shipper() {
+    use hrl_shipper::restore::{failback, verify};
+    let (e, repo) = env().await;
+    let spool = e.root.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let (disk, points) = make_spool(&spool, 200, CHUNK as usize, 4, 11, &Rng(3).bytes(CHUNK as usize));
+    let mut o = ShipOptions::new(&spool);
+    o.once = true;
+    ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    let last = *points.last().unwrap();
+    let img = e.root.join("img");
+    restore(&repo, &disk, PointSel::Latest, &img, false).await.unwrap();
+    let (seq, d) = verify(&repo, &disk, PointSel::Latest, &img).await.unwrap();
+    assert_eq!((seq, d.len()), (last, 0));
+    // Change 1% of the chunks (2 of 200), plus a byte in a third.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.write_all_at(&Rng(9).bytes(CHUNK as usize), 17 * CHUNK as u64)
+            .unwrap();
+        f.write_all_at(&Rng(10).bytes(100), 120 * CHUNK as u64 + 5).unwrap();
+        f.write_all_at(b"x", 121 * CHUNK as u64 + 999).unwrap();
+    }
+    let (_, d) = verify(&repo, &disk, PointSel::Latest, &img).await.unwrap();
+    let ranges: Vec<(u64, u64)> = d
+        .iter()
+        .map(|x| (x.offset / CHUNK as u64, x.len / CHUNK as u64))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![(17, 1), (120, 2)],
+        "verify must list the changed chunks, merged"
+    );
+    let r = failback(&repo, &disk, PointSel::Latest, &img, false).await.unwrap();
+    eprintln!(
+        "failback: compared {} written {} skipped {}",
+        r.compared,
+        r.stored_chunks + r.zero_chunks,
+        r.skipped
+    );
+    assert_eq!(r.compared, 200);
+    assert_eq!(
+        r.stored_chunks + r.zero_chunks,
+        3,
+        "only the 3 changed chunks are written"
+    );
+    assert_eq!(r.skipped, 197);
+    assert!(verify(&repo, &disk, PointSel::Latest, &img).await.unwrap().1.is_empty());
+    // Failover fences the old source's shipper.
+    hrl_shipper::failover::record(
+        &repo,
+        &hrl_shipper::failover::FailoverRecord {
+            disk,
+            point: last,
+            time_ns: 1,
+            target: "x".into(),
+            forced: false,
+        },
+    )
+    .await
+    .unwrap();
+    {
+        let mut w = LogWriter::open(LogConfig::new(&spool, disk, CHUNK, 512, 200 * CHUNK as u64)).unwrap();
+        w.append(&Record::Data(Data {
+            offset: 0,
+            flags: 0,
+            data: Rng(4).bytes(CHUNK as usize),
+        }))
+        .unwrap();
+        w.append(&Record::Tag(Tag {
+            seq: 100,
+            kind: PointKind::Crash,
+            aborted: false,
+            time_ns: 1,
+            freeze_ns: 1,
+            group: None,
+        }))
+        .unwrap();
+        w.close().unwrap();
+    }
+    let err = ship(&repo, &o, &AtomicBool::new(false))
+        .await
+        .expect_err("a fenced disk must not publish");
+    assert!(matches!(err, ShipError::Fenced { .. }), "{err}");
+    assert!(!repo
+        .exists(&hrl_shipper::manifest::point_key(&disk, 100))
+        .await
+        .unwrap());
+}
