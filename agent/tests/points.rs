@@ -271,7 +271,7 @@ fn kill9_inside_a_freeze_never_leaves_the_filesystem_frozen() {
     let m = Mount::new(&dev.path);
     let spool = tempfile::tempdir_in("/dev/shm").unwrap();
     let marker = spool.path().join("in-freeze");
-    let hook = format!("touch '{}'; sleep 10", marker.display());
+    let hook = format!("exec >/dev/null 2>&1; touch '{}'; sleep 10", marker.display());
     let mut a = Agent::run(
         &dev.path,
         spool.path(),
