@@ -19,3 +19,44 @@ install_test_deps() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
     fi
 }
+
+# Azurite (npm package `azurite`) for the blob-store tests: installed into
+# target/azurite, started on a free loopback port with its own data folder
+# and telemetry off, stopped by its PID.
+AZURITE_PID=""
+AZURITE_DIR=""
+start_azurite() {
+    if [ ! -x target/azurite/node_modules/.bin/azurite-blob ]; then
+        step "npm install azurite (into target/azurite)"
+        npm install --prefix target/azurite --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
+    fi
+    local port
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    AZURITE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/hrl-azurite-XXXXXX")
+    target/azurite/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$port" \
+        --location "$AZURITE_DIR" --disableTelemetry --silent >"$AZURITE_DIR.log" 2>&1 &
+    AZURITE_PID=$!
+    for _ in $(seq 100); do
+        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
+            export AZURE_STORAGE_USE_EMULATOR=true
+            export AZURITE_BLOB_STORAGE_URL="http://127.0.0.1:$port"
+            echo "azurite (pid $AZURITE_PID) listening on 127.0.0.1:$port"
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "azurite did not start:" >&2
+    cat "$AZURITE_DIR.log" >&2
+    return 1
+}
+stop_azurite() {
+    if [ -n "$AZURITE_PID" ]; then
+        kill "$AZURITE_PID" 2>/dev/null || true
+        wait "$AZURITE_PID" 2>/dev/null || true
+        AZURITE_PID=""
+    fi
+    if [ -n "$AZURITE_DIR" ]; then
+        rm -rf "$AZURITE_DIR" "$AZURITE_DIR.log"
+        AZURITE_DIR=""
+    fi
+}

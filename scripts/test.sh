@@ -2,6 +2,7 @@
 # Runs every test of hrl: formatting, lints, unit, property, integration and
 # root tests. Installs what the tests need on a fresh machine (as root).
 # Usage: sudo scripts/test.sh [extra nextest args]
+# Starts Azurite on a free loopback port for the blob-store tests and stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -13,6 +14,10 @@ cargo fmt --all --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "azurite"
+trap stop_azurite EXIT
+start_azurite
 
 step "tests"
 if cargo nextest --version >/dev/null 2>&1; then

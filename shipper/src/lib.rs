@@ -2,6 +2,7 @@
 //! repository on blob storage, and restores from it. It never touches a
 //! tracked device except to restore or fail back onto it.
 
+pub mod azure;
 pub mod crypto;
 pub mod error;
 pub mod failover;

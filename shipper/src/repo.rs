@@ -53,13 +53,44 @@ pub struct Repo {
     pub keys: Keys,
 }
 
-/// Parses a repository URL: `file:///path` or a plain path.
+/// Splits `az://container/prefix`.
+pub fn parse_az(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("az://")?;
+    let (c, p) = rest.split_once('/').unwrap_or((rest, ""));
+    (!c.is_empty()).then(|| (c.to_string(), p.trim_matches('/').to_string()))
+}
+
+/// Parses a repository URL: `file:///path` (or a plain absolute path) or
+/// `az://container/prefix` (Azure Storage, or Azurite with the emulator
+/// variables).
 pub fn store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
+    if let Some((container, prefix)) = parse_az(url) {
+        let az = object_store::azure::MicrosoftAzureBuilder::from_env()
+            .with_container_name(&container)
+            .with_retry(object_store::RetryConfig {
+                max_retries: 10,
+                retry_timeout: std::time::Duration::from_secs(180),
+                ..Default::default()
+            })
+            .build()
+            .map_err(|e| ShipError::Store {
+                url: url.into(),
+                op: "open",
+                key: String::new(),
+                source: Box::new(e),
+            })?;
+        let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+            Arc::new(az)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(az, prefix.as_str()))
+        };
+        return Ok((store, None));
+    }
     let path = if let Some(p) = url.strip_prefix("file://") {
         PathBuf::from(p)
     } else if url.contains("://") {
         return Err(ShipError::Usage(format!(
-            "{url}: unsupported repository URL; this build supports file:///path (az:// is not built yet)"
+            "{url}: unsupported repository URL; use file:///path or az://container/prefix"
         )));
     } else {
         PathBuf::from(url)
@@ -146,6 +177,11 @@ impl Repo {
         pack_size: u64,
         checkpoint_every: u64,
     ) -> Result<Repo> {
+        if let Some((container, _)) = parse_az(url) {
+            if crate::azure::create_container(&container).await? {
+                tracing::info!(container = %container, "created the container");
+            }
+        }
         let (store, local_root) = store_for(url)?;
         if store.head(&ObjPath::from("config")).await.is_ok() {
             return Err(ShipError::RepositoryExists { url: url.into() });

