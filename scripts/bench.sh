@@ -19,8 +19,11 @@ tracker)
 points)
     exec bash scripts/bench-points.sh
     ;;
+shipper)
+    exec bash scripts/bench-shipper.sh
+    ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | points" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | points | shipper" >&2
     exit 2
     ;;
 esac
