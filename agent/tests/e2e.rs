@@ -8,6 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -245,4 +246,88 @@ fn e2e_xfs_azurite() {
     if require_root("e2e_xfs_azurite") && azurite_available("e2e_xfs_azurite") {
         e2e("xfs", 320 * MIB, true);
     }
+}
+
+#[test]
+fn reprotecting_a_failed_over_disk_uploads_almost_nothing() {
+    if !require_root("reprotecting_a_failed_over_disk_uploads_almost_nothing") {
+        return;
+    }
+    let dev = LoopDev::new(128 * MIB, false);
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-E",
+            "lazy_itable_init=0,lazy_journal_init=0",
+            dev.path.to_str().unwrap(),
+        ],
+    );
+    let mut m = Mount::new(&dev.path);
+    let mut rng = Rng(23);
+    for i in 0..40 {
+        let mut b = vec![0u8; 1 << 20];
+        rng.fill(&mut b);
+        std::fs::write(m.path().join(format!("f{i}")), &b).unwrap();
+    }
+    run("sync", &[]);
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let key = work.path().join("key");
+    create_key_file(&key).unwrap();
+    let url = format!("file://{}", work.path().join("repo").display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(Repo::init(&url, &key, 65536, 4 << 20, 8)).unwrap();
+    let ship_once = |spool: &std::path::Path| {
+        rt.block_on(async {
+            let repo = Repo::open(&url, &key).await.unwrap();
+            let mut o = ShipOptions::new(spool);
+            o.once = true;
+            ship(&repo, &o, &AtomicBool::new(false)).await.unwrap()
+        })
+    };
+    // Protect the source disk.
+    let spool_a = work.path().join("spool-a");
+    let mut a = Agent::run(&dev.path, &spool_a, &["--name", "source", "--point-interval", "0"]);
+    assert_eq!(a.point("source", false)["ok"], true);
+    assert_eq!(a.stop(), 0);
+    m.umount();
+    let first = ship_once(&spool_a);
+    // Fail over: restore its latest point to a new disk.
+    let repo = rt.block_on(Repo::open(&url, &key)).unwrap();
+    let disk = rt.block_on(hrl_shipper::manifest::list_disks(&repo)).unwrap()[0];
+    let img = work.path().join("failed-over.img");
+    rt.block_on(restore(&repo, &disk, PointSel::Latest, &img, false))
+        .unwrap();
+    let l = run("losetup", &["--find", "--show", img.to_str().unwrap()]);
+    // Reprotect: the failed-over disk as a new disk of the same repository.
+    let spool_b = work.path().join("spool-b");
+    let mut b = Agent::run(
+        Path::new(&l),
+        &spool_b,
+        &["--name", "reprotected", "--point-interval", "0"],
+    );
+    assert_eq!(b.point("reprotected", false)["ok"], true);
+    assert_eq!(b.stop(), 0);
+    run("losetup", &["-d", &l]);
+    let second = ship_once(&spool_b);
+    eprintln!(
+        "source: {} MiB of data stored as {} MiB; reprotected: {} MiB of data, {} new chunks ({} KiB stored), {} deduplicated",
+        first.data_bytes / MIB,
+        first.stored_bytes / MIB,
+        second.data_bytes / MIB,
+        second.chunks_new,
+        second.stored_bytes / 1024,
+        second.chunks_deduplicated
+    );
+    assert!(
+        second.data_bytes > 30 * MIB,
+        "the reprotected disk's initial sync carried its data"
+    );
+    assert!(
+        second.stored_bytes * 100 < second.data_bytes,
+        "reprotect stored {} of {} bytes: more than 1%",
+        second.stored_bytes,
+        second.data_bytes
+    );
 }
