@@ -145,6 +145,10 @@ impl DiskShipper {
         stop: &AtomicBool,
     ) -> Result<bool> {
         let mut any = false;
+        // Non-zero chunks are batched (up to BATCH) and hashed and sealed
+        // on all cores; every other record first flushes the batch so log
+        // order is kept.
+        let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH);
         while !stop.load(Ordering::Relaxed) {
             let Some(f) = self.follower.try_next()? else { break };
             any = true;
@@ -154,32 +158,29 @@ impl DiskShipper {
                     self.disk, f.header.chunk_size, repo.url, repo.config.chunk_size, repo.config.chunk_size
                 )));
             }
+            if let Record::Data(d) = &f.record {
+                if !d.is_zero() {
+                    report.data_records += 1;
+                    batch.push((
+                        d.offset / f.header.chunk_size as u64,
+                        match f.record {
+                            Record::Data(d) => d.data,
+                            _ => Vec::new(),
+                        },
+                    ));
+                    if batch.len() >= BATCH {
+                        self.add_batch(repo, index, report, &mut batch).await?;
+                    }
+                    continue;
+                }
+            }
+            self.add_batch(repo, index, report, &mut batch).await?;
             match f.record {
                 Record::Data(d) => {
                     report.data_records += 1;
-                    let idx = d.offset / f.header.chunk_size as u64;
-                    if d.is_zero() {
-                        report.zero_chunks += 1;
-                        self.window.insert(idx, ChunkRef::Zero);
-                        continue;
-                    }
-                    report.data_bytes += d.data.len() as u64;
-                    self.window_data += d.data.len() as u64;
-                    let id = repo.keys.chunk_id(&d.data);
-                    if index.contains_key(&id) || self.pending.contains_key(&id) {
-                        report.chunks_deduplicated += 1;
-                    } else {
-                        let blob = repo.keys.seal_chunk(&id, &d.data);
-                        report.chunks_new += 1;
-                        report.stored_bytes += blob.len() as u64;
-                        self.window_new += blob.len() as u64;
-                        let loc = self.pack.add(id, &blob);
-                        self.pending.insert(id, loc);
-                        if self.pack.len() as u64 >= repo.config.pack_size {
-                            self.flush_pack(repo, report).await?;
-                        }
-                    }
-                    self.window.insert(idx, ChunkRef::Stored(id));
+                    report.zero_chunks += 1;
+                    self.window
+                        .insert(d.offset / f.header.chunk_size as u64, ChunkRef::Zero);
                 }
                 Record::Tag(t) if !t.aborted => {
                     self.publish(repo, index, opts, report, &f.header, &t, f.next).await?;
@@ -193,7 +194,51 @@ impl DiskShipper {
                 _ => {}
             }
         }
+        self.add_batch(repo, index, report, &mut batch).await?;
         Ok(any)
+    }
+
+    /// Adds a batch of non-zero chunks in log order: ids are computed in
+    /// parallel, dedup is decided in order, new chunks are sealed in
+    /// parallel, then appended to the pack in order.
+    async fn add_batch(
+        &mut self,
+        repo: &Repo,
+        index: &HashMap<ChunkId, Location>,
+        report: &mut ShipReport,
+        batch: &mut Vec<(u64, Vec<u8>)>,
+    ) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<ChunkId> = par_map(batch, |(_, data)| repo.keys.chunk_id(data));
+        let mut fresh: Vec<usize> = Vec::new();
+        let mut seen: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            if index.contains_key(id) || self.pending.contains_key(id) || !seen.insert(*id) {
+                report.chunks_deduplicated += 1;
+            } else {
+                fresh.push(i);
+            }
+        }
+        let to_seal: Vec<(ChunkId, &[u8])> = fresh.iter().map(|&i| (ids[i], batch[i].1.as_slice())).collect();
+        let blobs: Vec<Vec<u8>> = par_map(&to_seal, |(id, data)| repo.keys.seal_chunk(id, data));
+        for ((id, _), blob) in to_seal.iter().zip(blobs) {
+            report.chunks_new += 1;
+            report.stored_bytes += blob.len() as u64;
+            self.window_new += blob.len() as u64;
+            let loc = self.pack.add(*id, &blob);
+            self.pending.insert(*id, loc);
+            if self.pack.len() as u64 >= repo.config.pack_size {
+                self.flush_pack(repo, report).await?;
+            }
+        }
+        for ((idx, data), id) in batch.drain(..).zip(ids) {
+            report.data_bytes += data.len() as u64;
+            self.window_data += data.len() as u64;
+            self.window.insert(idx, ChunkRef::Stored(id));
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -300,6 +345,27 @@ impl DiskShipper {
         }
         Ok(())
     }
+}
+
+/// Chunks hashed and sealed together.
+const BATCH: usize = 64;
+
+/// `f` over `items` on every core (scoped threads; order kept).
+fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if n <= 1 || items.len() < 4 {
+        return items.iter().map(&f).collect();
+    }
+    let per = items.len().div_ceil(n);
+    std::thread::scope(|s| {
+        let hs: Vec<_> = items
+            .chunks(per)
+            .map(|part| s.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        hs.into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Ships every disk of the spool into `repo` until `stop` (or, with
