@@ -235,17 +235,6 @@ fn stop_flag() -> Result<Arc<AtomicBool>, AgentError> {
     Ok(stop)
 }
 
-fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < 4 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", U[i])
-}
-
 fn main() -> ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
@@ -312,8 +301,8 @@ fn main() -> ExitCode {
                     "{:<12} {:<12} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}",
                     d["name"].as_str().unwrap_or("?"),
                     mode,
-                    human(d["dirty_bytes"].as_u64().unwrap_or(0)),
-                    human(d["spool_bytes"].as_u64().unwrap_or(0)),
+                    hrl_format::human_bytes(d["dirty_bytes"].as_u64().unwrap_or(0)),
+                    hrl_format::human_bytes(d["spool_bytes"].as_u64().unwrap_or(0)),
                     d["last_point"]["seq"].as_u64().map_or("-".into(), |s| s.to_string()),
                     d["last_point_age_s"]
                         .as_f64()

@@ -49,19 +49,7 @@ fn sha256_bytes(b: &[u8]) -> String {
 
 fn e2e(fs: &str, size: u64, azurite: bool) {
     let dev = LoopDev::new(size, false);
-    match fs {
-        "ext4" => run(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-E",
-                "lazy_itable_init=0,lazy_journal_init=0",
-                dev.path.to_str().unwrap(),
-            ],
-        ),
-        _ => run("mkfs.xfs", &["-q", "-f", dev.path.to_str().unwrap()]),
-    };
+    mkfs(fs, &dev.path);
     let mut m = Mount::new(&dev.path);
     let work = tempfile::tempdir_in("/dev/shm").unwrap();
     let spool = work.path().join("spool");
@@ -254,16 +242,7 @@ fn reprotecting_a_failed_over_disk_uploads_almost_nothing() {
         return;
     }
     let dev = LoopDev::new(128 * MIB, false);
-    run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            dev.path.to_str().unwrap(),
-        ],
-    );
+    mkfs("ext4", &dev.path);
     let mut m = Mount::new(&dev.path);
     let mut rng = Rng(23);
     for i in 0..40 {

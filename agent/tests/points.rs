@@ -43,19 +43,7 @@ fn file_workload(dir: &Path, deadline: Instant, seed: u64, max_files: u64, max_s
 
 fn points_replay_to_the_frozen_hash(fs: &str, size: u64, secs: u64) {
     let dev = LoopDev::new(size, false);
-    match fs {
-        "ext4" => run(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-E",
-                "lazy_itable_init=0,lazy_journal_init=0",
-                dev.path.to_str().unwrap(),
-            ],
-        ),
-        _ => run("mkfs.xfs", &["-q", "-f", dev.path.to_str().unwrap()]),
-    };
+    mkfs(fs, &dev.path);
     let mut m = Mount::new(&dev.path);
     let shas = tempfile::tempdir().unwrap();
     let spool = tempfile::tempdir_in("/dev/shm").unwrap();
@@ -156,16 +144,7 @@ fn kill9_twenty_times_then_the_next_point_is_exact_and_resync_is_small() {
     }
     let size = 256 * MIB;
     let dev = LoopDev::new(size, false);
-    run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            dev.path.to_str().unwrap(),
-        ],
-    );
+    mkfs("ext4", &dev.path);
     let mut m = Mount::new(&dev.path);
     let spool = tempfile::tempdir_in("/dev/shm").unwrap();
     let shas = tempfile::tempdir().unwrap();
@@ -422,16 +401,7 @@ fn a_spool_limit_below_the_churn_switches_to_bitmap_and_back_and_the_next_point_
         return;
     }
     let dev = LoopDev::new(256 * MIB, false);
-    run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            dev.path.to_str().unwrap(),
-        ],
-    );
+    mkfs("ext4", &dev.path);
     let mut m = Mount::new(&dev.path);
     // Random content everywhere, so the initial sync must really copy it.
     {
@@ -482,7 +452,17 @@ fn a_spool_limit_below_the_churn_switches_to_bitmap_and_back_and_the_next_point_
     ship.set_paused(false);
     a.wait_mode("data", Duration::from_secs(120));
     let disk = dev.path.file_name().unwrap().to_string_lossy().into_owned();
-    let p = a.point(&disk, false);
+    // Catching up can refill the spool and bounce the disk back to bitmap,
+    // where points are refused (with the reason): retry as an operator would.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let p = loop {
+        let p = a.point(&disk, false);
+        if p["ok"] == true || Instant::now() > deadline {
+            break p;
+        }
+        eprintln!("point refused, retrying: {}", p["error"]);
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert_eq!(p["ok"], true, "{p}");
     assert_eq!(a.stop(), 0);
     m.umount();

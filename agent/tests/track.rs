@@ -129,16 +129,7 @@ fn ext4_file_workload_is_tracked() {
     }
     let size = 256 * MIB;
     let dev = LoopDev::new(size, false);
-    run(
-        "mkfs.ext4",
-        &[
-            "-q",
-            "-F",
-            "-E",
-            "lazy_itable_init=0,lazy_journal_init=0",
-            dev.path.to_str().unwrap(),
-        ],
-    );
+    mkfs("ext4", &dev.path);
     let spool = tempfile::tempdir().unwrap();
     let mut agent = Agent::track(&dev.path, spool.path(), &["--trace-buffer", "16MiB"]);
     let before = image(&dev.path);

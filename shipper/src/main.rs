@@ -173,17 +173,6 @@ fn code(e: &ShipError) -> u8 {
     }
 }
 
-fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < 4 {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", U[i])
-}
-
 async fn main_async(cli: Cli) -> Result<u8, ShipError> {
     match cli.cmd {
         Cmd::Init {
@@ -234,10 +223,10 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
                 println!(
                     "published {} points; {} of chunk data ({} zero chunks), {} new chunks stored in {} ({} deduplicated), {} packs, {} spool segments deleted",
                     rep.points_published,
-                    human(rep.data_bytes),
+                    hrl_format::human_bytes(rep.data_bytes),
                     rep.zero_chunks,
                     rep.chunks_new,
-                    human(rep.stored_bytes),
+                    hrl_format::human_bytes(rep.stored_bytes),
                     rep.chunks_deduplicated,
                     rep.packs,
                     rep.segments_deleted
@@ -276,10 +265,10 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
                             d.to_string(),
                             seq,
                             format!("{:?}", h.kind).to_lowercase(),
-                            human(h.device_size),
+                            hrl_format::human_bytes(h.device_size),
                             h.time_ns,
                             h.entries,
-                            human(h.new_bytes)
+                            hrl_format::human_bytes(h.new_bytes)
                         )
                     };
                     if r.is_err() {
@@ -311,8 +300,8 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
                     rep.kind,
                     rep.disk,
                     rep.target.display(),
-                    human(rep.device_size),
-                    human(rep.bytes_written),
+                    hrl_format::human_bytes(rep.device_size),
+                    hrl_format::human_bytes(rep.bytes_written),
                     rep.seconds,
                     rep.bytes_written as f64 / 1048576.0 / rep.seconds.max(1e-9),
                     rep.stored_chunks,
@@ -450,7 +439,7 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
                     "{} differs from point {seq} of disk {disk} in {} ranges, {} in all",
                     against.display(),
                     diffs.len(),
-                    human(diffs.iter().map(|d| d.len).sum())
+                    hrl_format::human_bytes(diffs.iter().map(|d| d.len).sum())
                 );
             }
             Ok(if diffs.is_empty() { 0 } else { 1 })

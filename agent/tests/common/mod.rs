@@ -265,23 +265,47 @@ pub struct Agent {
     pub spool: PathBuf,
 }
 
+/// `hrl-agent SUB --device DEV --spool SPOOL EXTRA...`, stderr to the test's.
+fn agent_cmd(sub: &str, dev: &Path, spool: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        sub,
+        "--device",
+        dev.to_str().unwrap(),
+        "--spool",
+        spool.to_str().unwrap(),
+    ])
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(Stdio::inherit());
+    cmd
+}
+
+/// Makes a filesystem (`ext4` with eager init, so nothing writes behind
+/// the test's back later, or `xfs`) on `dev`.
+pub fn mkfs(fs: &str, dev: &Path) {
+    match fs {
+        "ext4" => run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-E",
+                "lazy_itable_init=0,lazy_journal_init=0",
+                dev.to_str().unwrap(),
+            ],
+        ),
+        _ => run("mkfs.xfs", &["-q", "-f", dev.to_str().unwrap()]),
+    };
+}
+
 pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_hrl-agent")
 }
 
 impl Agent {
     pub fn track(dev: &Path, spool: &Path, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(agent_bin());
-        cmd.args([
-            "track",
-            "--device",
-            dev.to_str().unwrap(),
-            "--spool",
-            spool.to_str().unwrap(),
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        let mut cmd = agent_cmd("track", dev, spool, extra);
         let before = records(spool).len();
         let child = cmd.spawn().unwrap();
         let a = Agent {
@@ -449,17 +473,7 @@ impl Agent {
     /// Starts `hrl-agent run` without waiting for data mode (only until
     /// its control socket answers).
     pub fn spawn_run(dev: &Path, spool: &Path, extra: &[&str]) -> Self {
-        let mut cmd = Command::new(agent_bin());
-        cmd.args([
-            "run",
-            "--device",
-            dev.to_str().unwrap(),
-            "--spool",
-            spool.to_str().unwrap(),
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        let mut cmd = agent_cmd("run", dev, spool, extra);
         let child = cmd.spawn().unwrap();
         let mut a = Agent {
             child: Some(child),

@@ -129,21 +129,6 @@ fn stat(path: &Path, json: bool) -> hrl_format::Result<()> {
     Ok(())
 }
 
-fn human_bytes(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
-
 fn age(ns: u64) -> String {
     let now = hrl_format::now_ns();
     let s = now.saturating_sub(ns) as f64 / 1e9;
@@ -162,7 +147,7 @@ fn print_stats(path: &Path, s: &Stats) {
         "  files        {} ({} sealed), {}",
         s.files,
         s.sealed_files,
-        human_bytes(s.bytes)
+        hrl_format::human_bytes(s.bytes)
     );
     println!(
         "  disks        {}",
@@ -172,17 +157,17 @@ fn print_stats(path: &Path, s: &Stats) {
     println!("  records      {} ({})", s.records, types.join(" "));
     println!(
         "  extents      {} written, {} discarded, {} zeroed, {} failed writes",
-        human_bytes(s.write_bytes),
-        human_bytes(s.discard_bytes),
-        human_bytes(s.write_zeroes_bytes),
+        hrl_format::human_bytes(s.write_bytes),
+        hrl_format::human_bytes(s.discard_bytes),
+        hrl_format::human_bytes(s.write_zeroes_bytes),
         s.failed_writes
     );
-    println!("  dirtied      {} distinct", human_bytes(s.dirtied_bytes));
-    println!("  data         {} captured", human_bytes(s.data_bytes));
+    println!("  dirtied      {} distinct", hrl_format::human_bytes(s.dirtied_bytes));
+    println!("  data         {} captured", hrl_format::human_bytes(s.data_bytes));
     println!(
         "  span         {:.1}s, write rate {}/s",
         s.span_seconds,
-        human_bytes(s.write_rate_bytes_per_sec as u64)
+        hrl_format::human_bytes(s.write_rate_bytes_per_sec as u64)
     );
     if let Some(t) = s.tags.last() {
         println!(
@@ -205,9 +190,9 @@ fn print_stats(path: &Path, s: &Stats) {
     for r in &s.top_regions {
         println!(
             "  hot region   {}..{}: {} written",
-            human_bytes(r.offset),
-            human_bytes(r.offset + r.len),
-            human_bytes(r.written_bytes)
+            hrl_format::human_bytes(r.offset),
+            hrl_format::human_bytes(r.offset + r.len),
+            hrl_format::human_bytes(r.written_bytes)
         );
     }
     for t in &s.torn_tails {
@@ -381,9 +366,9 @@ fn replay(dir: &Path, to: &Path, point: Option<u64>, disk: Option<Uuid>, json: b
             r.disk,
             r.image.display(),
             r.data_records,
-            human_bytes(r.data_bytes),
+            hrl_format::human_bytes(r.data_bytes),
             r.segments,
-            human_bytes(r.device_size)
+            hrl_format::human_bytes(r.device_size)
         );
     }
     Ok(())
