@@ -286,6 +286,17 @@ async fn restore_with(
     .buffer_unordered(8);
     let mut done = 0usize;
     let mut last = Instant::now();
+    // On a terminal a progress bar; otherwise a plain line every 2 s.
+    let bar = (progress && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let b = indicatif::ProgressBar::new(total as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {percent:>3}% {elapsed_precise} eta {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        b.set_message(if only_differing { "failback" } else { "restore" });
+        b
+    });
     while let Some((key, start, bytes, items)) = fetches.next().await {
         let bytes = bytes.map_err(|e| incomplete(e.to_string()))?;
         rep.bytes_fetched += bytes.len() as u64;
@@ -313,7 +324,9 @@ async fn restore_with(
             rep.bytes_written += plain.len() as u64;
         }
         done += 1;
-        if progress && last.elapsed().as_secs() >= 2 {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        } else if progress && last.elapsed().as_secs() >= 2 {
             last = Instant::now();
             eprintln!(
                 "restore: {:.0}% ({} MiB written, {:.0} MiB/s)",
@@ -322,6 +335,9 @@ async fn restore_with(
                 rep.bytes_written as f64 / 1048576.0 / t0.elapsed().as_secs_f64()
             );
         }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
     target.sync_all().map_err(|e| incomplete(format!("fsync: {e}")))?;
     rep.seconds = t0.elapsed().as_secs_f64();

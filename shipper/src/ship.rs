@@ -104,6 +104,8 @@ struct DiskShipper {
     unindexed: Vec<crate::pack::PackEntries>,
     /// Chunks in uploaded packs not yet in an index.
     pending: HashMap<ChunkId, Location>,
+    /// Tag time of the newest point published (for the lag shown in logs).
+    last_published_ns: Option<u64>,
 }
 
 impl DiskShipper {
@@ -118,6 +120,7 @@ impl DiskShipper {
             pack: PackBuilder::new(),
             unindexed: Vec::new(),
             pending: HashMap::new(),
+            last_published_ns: None,
         })
     }
 
@@ -325,6 +328,7 @@ impl DiskShipper {
             report.published.push((self.disk, tag.seq));
             tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
         }
+        self.last_published_ns = Some(tag.time_ns);
         self.window.clear();
         self.window_data = 0;
         self.window_new = 0;
@@ -393,6 +397,14 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
                 stored_mib = report.stored_bytes >> 20,
                 "shipping"
             );
+            for d in &disks {
+                // The age of the newest published point: the RPO this
+                // repository can offer for the disk right now.
+                if let Some(t) = d.last_published_ns {
+                    let lag = hrl_format::now_ns().saturating_sub(t) as f64 / 1e9;
+                    tracing::info!(disk = %d.disk, lag_s = format!("{lag:.1}"), "newest published point");
+                }
+            }
         }
         if !any {
             if opts.once {
