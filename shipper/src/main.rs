@@ -35,6 +35,16 @@ struct RepoArgs {
     key_file: PathBuf,
 }
 
+/// Which disk and point.
+#[derive(clap::Args, Clone)]
+struct PointArgs {
+    #[arg(long)]
+    disk: Uuid,
+    /// `latest` or a point sequence.
+    #[arg(long, default_value = "latest")]
+    point: PointSel,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a repository (and the key file, 0600, if it does not exist).
@@ -76,11 +86,8 @@ enum Cmd {
     Restore {
         #[command(flatten)]
         r: RepoArgs,
-        #[arg(long)]
-        disk: Uuid,
-        /// `latest` or a point sequence.
-        #[arg(long, default_value = "latest")]
-        point: PointSel,
+        #[command(flatten)]
+        p: PointArgs,
         #[arg(long)]
         to: PathBuf,
         #[arg(long)]
@@ -91,10 +98,8 @@ enum Cmd {
     Failover {
         #[command(flatten)]
         r: RepoArgs,
-        #[arg(long)]
-        disk: Uuid,
-        #[arg(long, default_value = "latest")]
-        point: PointSel,
+        #[command(flatten)]
+        p: PointArgs,
         #[arg(long)]
         to: PathBuf,
         /// Fail over again although the disk already failed over (the new
@@ -109,10 +114,8 @@ enum Cmd {
     TestFailover {
         #[command(flatten)]
         r: RepoArgs,
-        #[arg(long)]
-        disk: Uuid,
-        #[arg(long, default_value = "latest")]
-        point: PointSel,
+        #[command(flatten)]
+        p: PointArgs,
         #[arg(long)]
         to: PathBuf,
         /// e.g. "e2fsck -fn {}"
@@ -127,10 +130,8 @@ enum Cmd {
     Failback {
         #[command(flatten)]
         r: RepoArgs,
-        #[arg(long)]
-        disk: Uuid,
-        #[arg(long, default_value = "latest")]
-        point: PointSel,
+        #[command(flatten)]
+        p: PointArgs,
         #[arg(long)]
         to: PathBuf,
         #[arg(long)]
@@ -140,10 +141,8 @@ enum Cmd {
     Verify {
         #[command(flatten)]
         r: RepoArgs,
-        #[arg(long)]
-        disk: Uuid,
-        #[arg(long, default_value = "latest")]
-        point: PointSel,
+        #[command(flatten)]
+        p: PointArgs,
         #[arg(long)]
         against: PathBuf,
         #[arg(long)]
@@ -280,8 +279,7 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
         }
         Cmd::Restore {
             r,
-            disk,
-            point,
+            p: PointArgs { disk, point },
             to,
             json,
         } => {
@@ -315,8 +313,7 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
         }
         Cmd::Failover {
             r,
-            disk,
-            point,
+            p: PointArgs { disk, point },
             to,
             force,
         } => {
@@ -350,8 +347,7 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
         }
         Cmd::TestFailover {
             r,
-            disk,
-            point,
+            p: PointArgs { disk, point },
             to,
             check,
             keep,
@@ -395,8 +391,7 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
         }
         Cmd::Failback {
             r,
-            disk,
-            point,
+            p: PointArgs { disk, point },
             to,
             json,
         } => {
@@ -420,8 +415,7 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
         }
         Cmd::Verify {
             r,
-            disk,
-            point,
+            p: PointArgs { disk, point },
             against,
             json,
         } => {
