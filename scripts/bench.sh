@@ -16,6 +16,9 @@ hrl)
 tracker)
     exec bash scripts/bench-tracker.sh
     ;;
+capture)
+    exec bash scripts/bench-capture.sh
+    ;;
 points)
     exec bash scripts/bench-points.sh
     ;;
@@ -23,7 +26,7 @@ shipper)
     exec bash scripts/bench-shipper.sh
     ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | points | shipper" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | shipper" >&2
     exit 2
     ;;
 esac

@@ -21,7 +21,7 @@ use hrl_format::{Data, DiskMode, LogConfig, LogWriter, LossReason, ModeChange, R
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::capture::ChunkReader;
+use crate::capture::{ChunkReader, QUEUE_DEPTH};
 use crate::config::{AgentConfig, DiskConfig};
 use crate::device::BlockDevice;
 use crate::dirty::{DirtyMap, HotMap};
@@ -71,6 +71,8 @@ pub struct DiskStatus {
     pub disk_id: Uuid,
     pub device: PathBuf,
     pub mount: Option<PathBuf>,
+    /// Size of the device in bytes.
+    pub device_bytes: u64,
     pub mode: DiskMode,
     pub dirty_bytes: u64,
     pub spool_bytes: u64,
@@ -290,6 +292,7 @@ impl DiskWorker {
         let hot = Arc::new(HotMap::new(s.dev.size, agent.chunk_size));
         let tracker = s.tracker.with_hot(hot.clone());
         let reader = ChunkReader::open(&s.dev.path, agent.chunk_size, s.dev.size, agent.capture_rate)?;
+        tracing::info!(disk = %cfg.name, io_uring = reader.uses_io_uring(), o_direct = reader.direct, "capture reader");
         let hashes = CapturedHashes::open(&agent.spool.join(format!("{}.hashes", cfg.name)), s.dirty.chunks())?;
         let mode = if s.previous.is_some() {
             DiskMode::Resync
@@ -301,6 +304,7 @@ impl DiskWorker {
             disk_id: s.state.disk_id,
             device: s.dev.path.clone(),
             mount: mount.clone(),
+            device_bytes: s.dev.size,
             mode,
             dirty_bytes: s.dev.size,
             spool_bytes: 0,
@@ -440,56 +444,61 @@ impl DiskWorker {
         Ok(())
     }
 
-    /// Captures chunk `c` if it is dirty: clear the bit, then read, so a
-    /// write completing after the clear dirties it again. Emits `Data` only
-    /// when the content differs from what the stream last carried. Returns
-    /// bytes appended.
-    pub(crate) fn capture(&mut self, c: u64) -> Result<u64> {
-        if !self.dirty.clear(c) {
-            return Ok(0);
+    /// Captures those of `chunks` that are dirty: clear each bit, then
+    /// read (a write completing after the clear dirties the chunk again),
+    /// a queue-depth batch at a time. Emits `Data` only when the content
+    /// differs from what the stream last carried. Returns bytes appended.
+    pub(crate) fn capture_many(&mut self, chunks: &[u64]) -> Result<u64> {
+        let mut appended = 0;
+        for part in chunks.chunks(QUEUE_DEPTH) {
+            let cleared: Vec<u64> = part.iter().copied().filter(|&c| self.dirty.clear(c)).collect();
+            if cleared.is_empty() {
+                continue;
+            }
+            self.reader.read_batch(&cleared)?;
+            for (i, &c) in cleared.iter().enumerate() {
+                let data = self.reader.batch(i);
+                self.counters.capture_bytes += data.len() as u64;
+                let h = hash_chunk(data);
+                if self.hashes.matches(c, &h) {
+                    continue;
+                }
+                let offset = c * self.reader.chunk_size;
+                let rec = if data.iter().all(|&b| b == 0) {
+                    Record::Data(Data {
+                        offset,
+                        flags: Data::ZERO,
+                        data: Vec::new(),
+                    })
+                } else {
+                    Record::Data(Data {
+                        offset,
+                        flags: 0,
+                        data: data.to_vec(),
+                    })
+                };
+                self.log.append(&rec)?;
+                self.hashes.stage(c, h);
+                self.counters.data_records += 1;
+                let n = rec.payload_len() as u64 + 12;
+                self.spool_used += n;
+                appended += n;
+            }
         }
-        let offset = c * self.reader.chunk_size;
-        let data = self.reader.read(c)?;
-        self.counters.capture_bytes += data.len() as u64;
-        let h = hash_chunk(data);
-        if self.hashes.matches(c, &h) {
-            return Ok(0);
-        }
-        let rec = if data.iter().all(|&b| b == 0) {
-            Record::Data(Data {
-                offset,
-                flags: Data::ZERO,
-                data: Vec::new(),
-            })
-        } else {
-            Record::Data(Data {
-                offset,
-                flags: 0,
-                data: data.to_vec(),
-            })
-        };
-        self.log.append(&rec)?;
-        self.hashes.stage(c, h);
-        self.counters.data_records += 1;
-        let n = rec.payload_len() as u64 + 12;
-        self.spool_used += n;
-        Ok(n)
+        Ok(appended)
     }
 
     fn scan_step(&mut self) -> Result<bool> {
-        let Some(mut c) = self.scan else { return Ok(false) };
+        let Some(c) = self.scan else { return Ok(false) };
         let chunks = self.dirty.chunks();
-        let mut did = 0;
-        while c < chunks && did < BATCH {
-            if self.spool_full(self.reader.chunk_size) {
-                self.scan = Some(c);
-                self.enter_bitmap()?;
-                return Ok(did > 0);
-            }
-            self.counters.scan_emitted += self.capture(c)?;
-            c += 1;
-            did += 1;
+        let want = (chunks - c).min(BATCH as u64);
+        if want > 0 && self.spool_full(want * self.reader.chunk_size) {
+            self.enter_bitmap()?;
+            return Ok(false);
         }
+        let batch: Vec<u64> = (c..c + want).collect();
+        self.counters.scan_emitted += self.capture_many(&batch)?;
+        let c = c + want;
         self.scan = Some(c);
         if self.scan_log.elapsed() >= Duration::from_secs(5) {
             self.scan_log = Instant::now();
@@ -512,20 +521,24 @@ impl DiskWorker {
     /// Pre-copies dirty chunks that are not hot. `all`: ignore hotness
     /// (just before a freeze). Returns chunks captured.
     pub(crate) fn precopy(&mut self, all: bool, limit: usize) -> Result<usize> {
-        let mut n = 0;
+        let mut todo: Vec<u64> = Vec::new();
         for c in self.dirty.dirty_chunks() {
-            if n >= limit {
+            if todo.len() >= limit {
                 break;
             }
             if !all && self.hot.is_hot(c) {
                 continue;
             }
-            if self.spool_full(self.reader.chunk_size) {
+            todo.push(c);
+        }
+        let mut n = 0;
+        for part in todo.chunks(QUEUE_DEPTH) {
+            if self.spool_full(part.len() as u64 * self.reader.chunk_size) {
                 self.enter_bitmap()?;
                 break;
             }
-            self.capture(c)?;
-            n += 1;
+            self.capture_many(part)?;
+            n += part.len();
         }
         Ok(n)
     }

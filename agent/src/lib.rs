@@ -15,6 +15,7 @@ pub mod hashes;
 pub mod hooks;
 pub mod lock;
 pub mod point;
+pub mod progress;
 pub mod ringbuf;
 pub mod run;
 pub mod state;

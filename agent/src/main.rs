@@ -238,7 +238,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>, AgentError> {
 fn main() -> ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| hrl_agent::progress::LogWriter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HRL_LOG")

@@ -33,13 +33,10 @@ fn kind_name(k: PointKind) -> &'static str {
 
 impl DiskWorker {
     fn copy_all_dirty(&mut self) -> Result<u64> {
-        let mut n = 0;
-        for c in self.dirty.dirty_chunks() {
-            if self.capture(c)? > 0 {
-                n += 1;
-            }
-        }
-        Ok(n)
+        let before = self.counters.data_records;
+        let dirty = self.dirty.dirty_chunks();
+        self.capture_many(&dirty)?;
+        Ok(self.counters.data_records - before)
     }
 
     fn abort_point(&mut self, seq: u64, kind: PointKind, why: String) -> Result<PointReply> {

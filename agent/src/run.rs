@@ -25,6 +25,7 @@ pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
         });
         workers.push(w);
     }
+    crate::progress::spawn(handles.iter().map(|h| h.status.clone()).collect(), stop.clone());
     let listener = bind(&cfg.spool)?;
     let ctl = {
         let stop = stop.clone();

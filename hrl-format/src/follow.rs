@@ -49,6 +49,45 @@ struct Open {
     file: File,
     header: FileHeader,
     pos: u64,
+    /// Length of the file when last looked at: records below it are read
+    /// without another stat.
+    len: u64,
+    /// Read-ahead: `buf` holds the file's bytes from `buf_off`.
+    buf: Vec<u8>,
+    buf_off: u64,
+}
+
+/// Bytes read ahead per read: a follower reads a segment in large reads,
+/// not two small reads per record.
+const READ_AHEAD: usize = 4 << 20;
+
+impl Open {
+    /// `n` bytes at `pos`, or `None` when the file is shorter. `fresh`:
+    /// stat and read again whatever was buffered.
+    fn bytes(&mut self, pos: u64, n: usize, fresh: bool) -> Result<Option<&[u8]>> {
+        let end = pos + n as u64;
+        if fresh || end > self.len {
+            self.len = self
+                .file
+                .metadata()
+                .map_err(|e| FormatError::io(&self.path, "stat", e))?
+                .len();
+            if end > self.len {
+                return Ok(None);
+            }
+        }
+        let covered = self.buf_off <= pos && end <= self.buf_off + self.buf.len() as u64;
+        if fresh || !covered {
+            let want = (n.max(READ_AHEAD) as u64).min(self.len - pos) as usize;
+            self.buf.resize(want, 0);
+            self.file
+                .read_exact_at(&mut self.buf, pos)
+                .map_err(|e| FormatError::io(&self.path, "read", e))?;
+            self.buf_off = pos;
+        }
+        let a = (pos - self.buf_off) as usize;
+        Ok(Some(&self.buf[a..a + n]))
+    }
 }
 
 /// Tails one disk's log in a spool directory.
@@ -190,6 +229,9 @@ impl Follower {
             file,
             header,
             pos,
+            len: 0,
+            buf: Vec::new(),
+            buf_off: 0,
         });
         Ok(true)
     }
@@ -231,21 +273,26 @@ impl Follower {
     }
 
     /// Reads the record at `pos` of the open segment. `None`: not complete.
+    ///
+    /// Reads come from the read-ahead buffer first; anything but a valid
+    /// record is looked at again with fresh reads before it counts, so
+    /// buffered bytes of a tail the writer has since rewritten never make
+    /// a record look incomplete or damaged.
     fn read_at(&mut self, pos: u64) -> Result<Option<Step>> {
+        match self.read_at_with(pos, false) {
+            Ok(Some(s)) => Ok(Some(s)),
+            _ => self.read_at_with(pos, true),
+        }
+    }
+
+    fn read_at_with(&mut self, pos: u64, fresh: bool) -> Result<Option<Step>> {
         let Some(o) = self.open.as_mut() else {
             return Ok(None);
         };
-        let len = o
-            .file
-            .metadata()
-            .map_err(|e| FormatError::io(&o.path, "stat", e))?
-            .len();
-        if len < pos + FRAME_LEN as u64 {
-            return Ok(None);
+        match o.bytes(pos, FRAME_LEN, fresh)? {
+            Some(f) => self.frame.copy_from_slice(f),
+            None => return Ok(None),
         }
-        o.file
-            .read_exact_at(&mut self.frame, pos)
-            .map_err(|e| FormatError::io(&o.path, "read", e))?;
         let plen = frame_payload_len(&self.frame);
         if plen > MAX_PAYLOAD {
             return Err(FormatError::corrupt(
@@ -255,16 +302,14 @@ impl Follower {
             ));
         }
         let end = pos + FRAME_LEN as u64 + plen as u64;
-        if len < end {
+        let signature = o.header.signature;
+        let Some(payload) = o.bytes(pos + FRAME_LEN as u64, plen as usize, false)? else {
             return Ok(None);
-        }
-        let mut payload = vec![0u8; plen as usize];
-        o.file
-            .read_exact_at(&mut payload, pos + FRAME_LEN as u64)
-            .map_err(|e| FormatError::io(&o.path, "read", e))?;
-        match check_frame(o.header.signature, &self.frame, &payload) {
+        };
+        let checked = check_frame(signature, &self.frame, payload);
+        match checked {
             FrameCheck::BadCrc { stored, computed } => {
-                if end == len {
+                if end == o.len {
                     // Possibly a torn write whose writer has not recovered the
                     // file yet: treat as incomplete.
                     return Ok(None);

@@ -44,6 +44,8 @@ pub struct Location {
 }
 
 /// An open repository.
+/// Cheap to clone (the store is shared): uploads run as their own tasks.
+#[derive(Clone)]
 pub struct Repo {
     pub store: Arc<dyn ObjectStore>,
     pub url: String,

@@ -106,7 +106,13 @@ struct DiskShipper {
     pending: HashMap<ChunkId, Location>,
     /// Tag time of the newest point published (for the lag shown in logs).
     last_published_ns: Option<u64>,
+    /// Pack uploads in flight, oldest first (at most [`UPLOADS`]).
+    uploads: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>>,
 }
+
+/// Pack uploads in flight per disk: enough to keep a remote endpoint busy
+/// while the next pack is built; memory is bounded by this many packs.
+const UPLOADS: usize = 4;
 
 impl DiskShipper {
     fn new(spool: &Path, disk: Uuid) -> Result<Self> {
@@ -121,6 +127,7 @@ impl DiskShipper {
             unindexed: Vec::new(),
             pending: HashMap::new(),
             last_published_ns: None,
+            uploads: std::collections::VecDeque::new(),
         })
     }
 
@@ -131,9 +138,32 @@ impl DiskShipper {
         let pack = std::mem::take(&mut self.pack);
         let id = pack.id;
         let (key, bytes, entries) = pack.finish(repo);
-        repo.put(&key, bytes, true).await?;
+        if self.uploads.len() >= UPLOADS {
+            self.wait_upload().await?;
+        }
+        let r = repo.clone();
+        self.uploads
+            .push_back(tokio::spawn(async move { r.put(&key, bytes, true).await }));
         report.packs += 1;
         self.unindexed.push((id, entries));
+        Ok(())
+    }
+
+    /// Waits for the oldest pack upload.
+    async fn wait_upload(&mut self) -> Result<()> {
+        if let Some(h) = self.uploads.pop_front() {
+            h.await
+                .map_err(|e| ShipError::Usage(format!("pack upload task failed: {e}")))??;
+        }
+        Ok(())
+    }
+
+    /// Waits for every pack upload: nothing may refer to a pack before it
+    /// is durable.
+    async fn wait_uploads(&mut self) -> Result<()> {
+        while !self.uploads.is_empty() {
+            self.wait_upload().await?;
+        }
         Ok(())
     }
 
@@ -257,6 +287,7 @@ impl DiskShipper {
     ) -> Result<()> {
         // 1. packs, 2. index: durable before the manifest that needs them.
         self.flush_pack(repo, report).await?;
+        self.wait_uploads().await?;
         if !self.unindexed.is_empty() {
             write_index(repo, &self.unindexed).await?;
             self.unindexed.clear();
