@@ -14,6 +14,7 @@ bin=$PWD/target/release
 work=$(mktemp -d /var/tmp/hrl-bench-shipper-XXXXXX)
 loop=""; apid=""
 cleanup() {
+    stop_azurite
     [ -n "$apid" ] && kill -TERM "$apid" 2>/dev/null && wait "$apid" 2>/dev/null || true
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
     rm -rf "$work"
@@ -52,6 +53,9 @@ done
 "$bin/hrl-agent" point --disk bench --spool "$work/spool"
 disk=$(python3 -c "import json;print(json.load(open('$work/spool/bench.state.json'))['disk_id'])")
 
+# A copy of the spool for the Azurite run (shipping deletes what it shipped).
+cp -a "$work/spool" "$work/spool-az"
+
 export RESTIC_PASSWORD=bench-only-password RESTIC_CACHE_DIR="$work/restic-cache"
 "$bin/hrl-shipper" init --repo "file://$work/hrl-repo" --key-file "$work/key" >/dev/null
 restic init --repo "$work/restic-repo" -q
@@ -87,10 +91,22 @@ hrl_restore=$(secs "$t0" "$t1")
 t0=$(now); restic restore latest --repo "$work/restic-repo" -q --target "$work/restic-restore"; t1=$(now)
 restic_restore=$(secs "$t0" "$t1")
 cmp "$work/hrl-restore.img" "$loop" && echo "hrl restore is identical to the device"
+rm -rf "$work/hrl-restore.img" "$work/restic-restore"
 
-python3 - "$gib" "$data_bytes" "$hrl_ship" "$restic_backup" "$hrl_incr" "$restic_incr" "$hrl_restore" "$restic_restore" "$(du -sb "$work/hrl-repo" | cut -f1)" "$(du -sb "$work/restic-repo" | cut -f1)" <<'PY'
+step "Azurite: hrl ship of the first point vs a raw upload of the same non-zero bytes (16 MiB blobs, 4 at a time)"
+cargo build --release -q -p hrl-shipper --example raw_upload
+start_azurite
+az="az://bench$(date +%s)"
+"$bin/hrl-shipper" init --repo "$az/hrl" --key-file "$work/key-az" >/dev/null
+t0=$(now); "$bin/hrl-shipper" run --once --repo "$az/hrl" --key-file "$work/key-az" --spool "$work/spool-az" 2>/dev/null; t1=$(now)
+hrl_az=$(secs "$t0" "$t1")
+read -r raw_bytes raw_az < <(target/release/examples/raw_upload "$az/raw" "$work/disk.img")
+stop_azurite
+
+python3 - "$gib" "$data_bytes" "$hrl_ship" "$restic_backup" "$hrl_incr" "$restic_incr" "$hrl_restore" "$restic_restore" "$(du -sb "$work/hrl-repo" | cut -f1)" "$(du -sb "$work/restic-repo" | cut -f1)" "$hrl_az" "$raw_bytes" "$raw_az" <<'PY'
 import sys
-gib, data, hs, rb, hi, ri, hr, rr, hsize, rsize = sys.argv[1:]
+gib, data, hs, rb, hi, ri, hr, rr, hsize, rsize, haz, rawb, rawaz = sys.argv[1:]
+haz, rawb, rawaz = float(haz), int(rawb), float(rawaz)
 gib=int(gib); data=int(data); hs,rb,hi,ri,hr,rr=map(float,(hs,rb,hi,ri,hr,rr))
 mb = lambda b, s: b / s / 1e6
 print()
@@ -99,4 +115,5 @@ print(f"  initial   hrl ship {hs:6.1f} s ({mb(data,hs):5.0f} MB/s)   restic back
 print(f"  1% change hrl ship {hi:6.1f} s                 restic backup {ri:6.1f} s                 ratio {ri/hi:.1f}x")
 print(f"  restore   hrl      {hr:6.1f} s ({mb(gib<<30,hr):5.0f} MB/s)   restic restore {rr:6.1f} s ({mb(gib<<30,rr):5.0f} MB/s)   ratio {rr/hr:.2f}x")
 print(f"  repository size: hrl {int(hsize)/1e9:.2f} GB, restic {int(rsize)/1e9:.2f} GB")
+print(f"  Azurite   hrl ship {haz:6.1f} s ({mb(data,haz):5.0f} MB/s)   raw upload {rawaz:6.1f} s ({mb(rawb,rawaz):5.0f} MB/s)   ratio {mb(data,haz)/mb(rawb,rawaz):.2f} of raw")
 PY

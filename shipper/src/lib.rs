@@ -8,8 +8,10 @@ pub mod error;
 pub mod failover;
 pub mod manifest;
 pub mod pack;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod ship;
+pub mod write;
 
 pub use error::{Result, ShipError};

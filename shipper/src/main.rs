@@ -148,6 +148,29 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove points outside a retention policy and the packs only they
+    /// needed. The newest point of every disk is always kept.
+    Prune {
+        #[command(flatten)]
+        r: RepoArgs,
+        /// Keep every point younger than this (e.g. 24h, 7d).
+        #[arg(long, value_parser = parse_duration)]
+        keep_within: Option<std::time::Duration>,
+        /// Keep the newest point of each of the last N hours.
+        #[arg(long)]
+        keep_hourly: Option<u64>,
+        /// Keep the newest point of each of the last N days (UTC).
+        #[arg(long)]
+        keep_daily: Option<u64>,
+        /// Say what would go; change nothing (takes no lock).
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait after taking the lock so shippers mid-publish finish.
+        #[arg(long, value_parser = parse_duration, default_value = "30s")]
+        grace: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the repository: every referenced chunk exists; with
     /// --read-data, every chunk decrypts and hashes to its id.
     Check {
@@ -158,6 +181,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `30s`, `15m`, `24h`, `7d`, or plain seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h, d)")),
+    };
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 fn code(e: &ShipError) -> u8 {
@@ -437,6 +476,44 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
                 );
             }
             Ok(if diffs.is_empty() { 0 } else { 1 })
+        }
+        Cmd::Prune {
+            r,
+            keep_within,
+            keep_hourly,
+            keep_daily,
+            dry_run,
+            grace,
+            json,
+        } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            let opts = hrl_shipper::prune::PruneOptions {
+                policy: hrl_shipper::prune::Policy {
+                    keep_within,
+                    keep_hourly,
+                    keep_daily,
+                },
+                dry_run,
+                grace,
+            };
+            let rep = hrl_shipper::prune::prune(&repo, &opts).await?;
+            if json {
+                println!("{}", serde_json::to_string(&rep).unwrap_or_default());
+            } else {
+                println!(
+                    "{}{} disks: {} points kept, {} removed, {} rewritten as checkpoints; {} packs kept, {} deleted ({}); {} index objects consolidated",
+                    if dry_run { "dry run (nothing changed): " } else { "" },
+                    rep.disks,
+                    rep.points_kept,
+                    rep.points_removed,
+                    rep.checkpoints_rewritten,
+                    rep.packs_kept,
+                    rep.packs_deleted,
+                    hrl_format::human_bytes(rep.bytes_deleted),
+                    rep.index_objects_replaced
+                );
+            }
+            Ok(0)
         }
         Cmd::Check { r, read_data, json } => {
             let repo = Repo::open(&r.repo, &r.key_file).await?;

@@ -394,6 +394,28 @@ impl Repo {
         Ok(v)
     }
 
+    /// Objects under `prefix` with size and age (from the store's
+    /// last-modified time).
+    pub async fn list_with_age(&self, prefix: &str) -> Result<Vec<(String, u64, std::time::Duration)>> {
+        let p = ObjPath::from(prefix);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let mut v: Vec<(String, u64, std::time::Duration)> = self
+            .store
+            .list(Some(&p))
+            .map_ok(|m| {
+                let age = (now - m.last_modified.timestamp()).max(0) as u64;
+                (m.location.to_string(), m.size, std::time::Duration::from_secs(age))
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.err("list", prefix, e))?;
+        v.sort();
+        Ok(v)
+    }
+
     pub async fn delete(&self, key: &str) -> Result<()> {
         self.store
             .delete(&ObjPath::from(key))

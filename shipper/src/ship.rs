@@ -55,6 +55,8 @@ pub struct ShipReport {
     pub stored_bytes: u64,
     pub packs: u64,
     pub segments_deleted: u64,
+    /// Points shipped again because a prune removed chunks they used.
+    pub points_reshipped: u64,
     pub published: Vec<(Uuid, u64)>,
 }
 
@@ -172,7 +174,7 @@ impl DiskShipper {
     async fn step(
         &mut self,
         repo: &Repo,
-        index: &mut HashMap<ChunkId, Location>,
+        known: &mut Known,
         opts: &ShipOptions,
         report: &mut ShipReport,
         stop: &AtomicBool,
@@ -202,12 +204,12 @@ impl DiskShipper {
                         },
                     ));
                     if batch.len() >= BATCH {
-                        self.add_batch(repo, index, report, &mut batch).await?;
+                        self.add_batch(repo, known, report, &mut batch).await?;
                     }
                     continue;
                 }
             }
-            self.add_batch(repo, index, report, &mut batch).await?;
+            self.add_batch(repo, known, report, &mut batch).await?;
             match f.record {
                 Record::Data(d) => {
                     report.data_records += 1;
@@ -216,7 +218,7 @@ impl DiskShipper {
                         .insert(d.offset / f.header.chunk_size as u64, ChunkRef::Zero);
                 }
                 Record::Tag(t) if !t.aborted => {
-                    self.publish(repo, index, opts, report, &f.header, &t, f.next).await?;
+                    self.publish(repo, known, opts, report, &f.header, &t, f.next).await?;
                 }
                 // A finished segment with nothing unpublished before its
                 // end: move the cursor past it and delete it now rather
@@ -227,7 +229,7 @@ impl DiskShipper {
                 _ => {}
             }
         }
-        self.add_batch(repo, index, report, &mut batch).await?;
+        self.add_batch(repo, known, report, &mut batch).await?;
         Ok(any)
     }
 
@@ -237,7 +239,7 @@ impl DiskShipper {
     async fn add_batch(
         &mut self,
         repo: &Repo,
-        index: &HashMap<ChunkId, Location>,
+        known: &Known,
         report: &mut ShipReport,
         batch: &mut Vec<(u64, Vec<u8>)>,
     ) -> Result<()> {
@@ -248,7 +250,7 @@ impl DiskShipper {
         let mut fresh: Vec<usize> = Vec::new();
         let mut seen: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
         for (i, id) in ids.iter().enumerate() {
-            if index.contains_key(id) || self.pending.contains_key(id) || !seen.insert(*id) {
+            if known.index.contains_key(id) || self.pending.contains_key(id) || !seen.insert(*id) {
                 report.chunks_deduplicated += 1;
             } else {
                 fresh.push(i);
@@ -278,7 +280,7 @@ impl DiskShipper {
     async fn publish(
         &mut self,
         repo: &Repo,
-        index: &mut HashMap<ChunkId, Location>,
+        known: &mut Known,
         opts: &ShipOptions,
         report: &mut ShipReport,
         header: &hrl_format::FileHeader,
@@ -289,9 +291,28 @@ impl DiskShipper {
         self.flush_pack(repo, report).await?;
         self.wait_uploads().await?;
         if !self.unindexed.is_empty() {
-            write_index(repo, &self.unindexed).await?;
+            let key = write_index(repo, &self.unindexed).await?;
+            known.keys.insert(key);
             self.unindexed.clear();
-            index.extend(self.pending.drain());
+            known.index.extend(self.pending.drain());
+        }
+        // Prune: wait while it runs; if it replaced index objects, make
+        // sure every chunk this point uses still exists, else ship the
+        // point again from the cursor (the spool still holds it).
+        let waited = crate::prune::wait_unlocked(repo).await?;
+        if waited || known.changed(repo).await? {
+            *known = Known::load(repo).await?;
+            let missing = self
+                .window
+                .values()
+                .filter(|r| matches!(r, ChunkRef::Stored(id) if !known.index.contains_key(id)))
+                .count();
+            if missing > 0 {
+                tracing::warn!(disk = %self.disk, point = tag.seq, missing, "prune removed chunks this point uses: shipping it again from the cursor");
+                self.reset(&opts.spool)?;
+                report.points_reshipped += 1;
+                return Ok(());
+            }
         }
         crate::failover::check_fence(repo, &self.disk).await?;
         // 3. manifest (once: a re-shipped point after a crash is not written again).
@@ -367,6 +388,20 @@ impl DiskShipper {
         self.advance(opts, next, report)
     }
 
+    /// Forgets everything since the last published point and follows the
+    /// spool again from the saved cursor.
+    fn reset(&mut self, spool: &Path) -> Result<()> {
+        let c = load_cursor(spool, &self.disk)?;
+        self.follower = Follower::new(spool, self.disk, c);
+        self.window.clear();
+        self.window_data = 0;
+        self.window_new = 0;
+        self.pending.clear();
+        self.unindexed.clear();
+        self.pack = PackBuilder::new();
+        Ok(())
+    }
+
     /// Saves the cursor durably, then deletes segments wholly before it.
     fn advance(&mut self, opts: &ShipOptions, next: Cursor, report: &mut ShipReport) -> Result<()> {
         save_cursor(&opts.spool, &self.disk, &CursorFile { cursor: next })?;
@@ -379,6 +414,29 @@ impl DiskShipper {
             }
         }
         Ok(())
+    }
+}
+
+/// The repository's index as this shipper knows it, and the index objects
+/// it came from (a prune replaces them).
+pub(crate) struct Known {
+    index: HashMap<ChunkId, Location>,
+    keys: std::collections::HashSet<String>,
+}
+
+impl Known {
+    async fn load(repo: &Repo) -> Result<Self> {
+        let keys = repo.list("index").await?.into_iter().map(|(k, _)| k).collect();
+        Ok(Known {
+            index: repo.load_index().await?,
+            keys,
+        })
+    }
+
+    /// Whether an index object this shipper knew is gone.
+    async fn changed(&self, repo: &Repo) -> Result<bool> {
+        let now: std::collections::HashSet<String> = repo.list("index").await?.into_iter().map(|(k, _)| k).collect();
+        Ok(self.keys.iter().any(|k| !now.contains(k)))
     }
 }
 
@@ -406,7 +464,7 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
 /// Ships every disk of the spool into `repo` until `stop` (or, with
 /// `once`, until nothing complete is left).
 pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<ShipReport> {
-    let mut index = repo.load_index().await?;
+    let mut known = Known::load(repo).await?;
     let mut report = ShipReport::default();
     let mut disks: Vec<DiskShipper> = Vec::new();
     let mut last_log = Instant::now();
@@ -418,7 +476,7 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
         }
         let mut any = false;
         for d in disks.iter_mut() {
-            any |= d.step(repo, &mut index, opts, &mut report, stop).await?;
+            any |= d.step(repo, &mut known, opts, &mut report, stop).await?;
         }
         if last_log.elapsed() > Duration::from_secs(10) {
             last_log = Instant::now();

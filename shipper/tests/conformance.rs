@@ -187,7 +187,148 @@ conformance!(
     a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk,
     the_store_sees_no_plaintext,
     failback_writes_only_what_differs_verify_lists_it_and_failover_fences_the_old_shipper,
+    prune_beside_a_running_shipper_keeps_every_kept_point_restorable,
 );
+
+/// Points every 40 ms into a live spool while a shipper follows it; the
+/// first 20 carry tag times hours old, the rest are recent. Midway, prune
+/// with `--keep-within 30m` runs beside the shipper. New points reuse the
+/// content of chunks the old points wrote, so the shipper dedups against
+/// packs prune may delete: it must notice and ship those chunks again.
+async fn prune_beside_a_running_shipper_keeps_every_kept_point_restorable(backend: Backend) {
+    use hrl_shipper::prune::{prune, Policy, PruneOptions};
+    use std::sync::Arc;
+    let (e, repo) = env(backend).await;
+    let spool = e.root.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let disk = Uuid::new_v4();
+    let chunks = 48u64;
+    let mut cfg = LogConfig::new(&spool, disk, CHUNK, 512, chunks * CHUNK as u64);
+    cfg.rotate_bytes = 1 << 20;
+    let old = 20u64;
+    let total = 44u64;
+    let hour = 3_600_000_000_000u64;
+    let writer = std::thread::spawn(move || {
+        let mut w = LogWriter::open(cfg).unwrap();
+        let mut rng = Rng(99);
+        let mut seen: Vec<Vec<u8>> = Vec::new();
+        for c in 0..chunks {
+            w.append(&Record::Data(Data {
+                offset: c * CHUNK as u64,
+                flags: 0,
+                data: rng.bytes(CHUNK as usize),
+            }))
+            .unwrap();
+        }
+        for p in 1..=total {
+            for _ in 0..3 {
+                let c = rng.next() % chunks;
+                // New points sometimes bring back content old points wrote.
+                let bytes = if p > old && !seen.is_empty() && rng.next() % 2 == 0 {
+                    seen[(rng.next() % seen.len() as u64) as usize].clone()
+                } else {
+                    rng.bytes(CHUNK as usize)
+                };
+                if p <= old {
+                    seen.push(bytes.clone());
+                }
+                w.append(&Record::Data(Data {
+                    offset: c * CHUNK as u64,
+                    flags: 0,
+                    data: bytes,
+                }))
+                .unwrap();
+            }
+            let now = hrl_format::now_ns();
+            let time_ns = if p <= old { now - (3 + old - p) * hour } else { now };
+            w.append(&Record::Tag(Tag {
+                seq: p,
+                kind: PointKind::Crash,
+                aborted: false,
+                time_ns,
+                freeze_ns: 1000,
+                group: None,
+            }))
+            .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(40));
+        }
+        w.close().unwrap();
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let shipper = {
+        let repo = repo.clone();
+        let stop = stop.clone();
+        let mut o = ShipOptions::new(&spool);
+        o.delete_shipped = false;
+        o.poll = std::time::Duration::from_millis(20);
+        tokio::spawn(async move { ship(&repo, &o, &stop).await })
+    };
+    // Prune once the old points are published.
+    let published = |repo: Repo| async move { hrl_shipper::manifest::list_points(&repo, &disk).await.unwrap() };
+    while published(repo.clone()).await.len() < old as usize {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let rep = prune(
+        &repo,
+        &PruneOptions {
+            policy: Policy {
+                keep_within: Some(std::time::Duration::from_secs(1800)),
+                ..Default::default()
+            },
+            dry_run: false,
+            grace: std::time::Duration::from_millis(300),
+        },
+    )
+    .await
+    .unwrap();
+    eprintln!("prune beside a running shipper: {rep:?}");
+    writer.join().unwrap();
+    while published(repo.clone()).await.last() != Some(&total) {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let ship_rep = shipper.await.unwrap().unwrap();
+    eprintln!(
+        "points shipped again after prune removed their chunks: {}",
+        ship_rep.points_reshipped
+    );
+    // Prune removed old points only, and all of them but possibly the
+    // newest (always kept).
+    assert!(
+        rep.removed.iter().all(|&(d, s)| d == disk && s <= old),
+        "{:?}",
+        rep.removed
+    );
+    assert!(rep.points_removed >= old - 1, "removed {}", rep.points_removed);
+    assert!(rep.packs_deleted > 0, "overwritten old chunks free packs: {rep:?}");
+    let left = published(repo.clone()).await;
+    for (_, s) in &rep.removed {
+        assert!(!left.contains(s), "point {s} was removed but is listed");
+    }
+    assert!(
+        (old + 1..=total).all(|s| left.contains(&s)),
+        "every recent point is there: {left:?}"
+    );
+    for &p in &left {
+        let want = e.root.join(format!("want-{p}"));
+        hrl_format::replay(&spool, Some(disk), Some(p), &want).unwrap();
+        let got = e.root.join(format!("got-{p}"));
+        restore(&repo, &disk, PointSel::Seq(p), &got, false).await.unwrap();
+        assert!(
+            std::fs::read(&want).unwrap() == std::fs::read(&got).unwrap(),
+            "point {p}: restore after prune differs from replay"
+        );
+        std::fs::remove_file(&want).unwrap();
+        std::fs::remove_file(&got).unwrap();
+    }
+    let c = check(&repo, true).await.unwrap();
+    assert!(c.problems.is_empty(), "{:?}", c.problems);
+    eprintln!(
+        "after prune: {} points restored byte-identical, check --read-data: {} chunks, no problems",
+        left.len(),
+        c.chunks_read
+    );
+}
 
 async fn every_point_of_several_disks_restores_identical_to_replay_and_dedup_stores_once(backend: Backend) {
     let (e, repo) = env(backend).await;
