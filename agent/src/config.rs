@@ -113,6 +113,9 @@ struct FileConfig {
     #[serde(default, deserialize_with = "de_size")]
     segment_size: Option<u64>,
     app_points: Option<bool>,
+    metrics_listen: Option<String>,
+    #[serde(default, deserialize_with = "de_dur")]
+    rpo_warn: Option<Duration>,
     #[serde(default)]
     disk: Vec<DiskConfig>,
 }
@@ -139,6 +142,13 @@ pub struct AgentConfig {
     pub segment_size: u64,
     /// Periodic points are app points (hooks run) rather than crash points.
     pub app_points: bool,
+    /// Address of the Prometheus endpoint; empty: none.
+    pub metrics_listen: String,
+    /// Warn (logs, status, metrics) when the newest point is older than
+    /// this; zero: never.
+    pub rpo_warn: Duration,
+    /// The file this came from (SIGHUP reloads it).
+    pub config_path: Option<PathBuf>,
     pub disks: Vec<DiskConfig>,
 }
 
@@ -157,6 +167,9 @@ impl AgentConfig {
             trace_buffer_kb: 4096,
             segment_size: 64 << 20,
             app_points: false,
+            metrics_listen: "127.0.0.1:9561".into(),
+            rpo_warn: Duration::from_secs(300),
+            config_path: None,
             disks: Vec::new(),
         }
     }
@@ -164,7 +177,9 @@ impl AgentConfig {
     /// Reads a TOML config file.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| AgentError::io(path, "read config", e))?;
-        Self::parse(&text).map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))
+        let mut c = Self::parse(&text).map_err(|e| AgentError::Config(format!("{}: {e}", path.display())))?;
+        c.config_path = Some(path.into());
+        Ok(c)
     }
 
     /// Parses TOML text.
@@ -203,6 +218,12 @@ impl AgentConfig {
         }
         if let Some(v) = f.app_points {
             c.app_points = v;
+        }
+        if let Some(v) = f.metrics_listen {
+            c.metrics_listen = v;
+        }
+        if let Some(v) = f.rpo_warn {
+            c.rpo_warn = v;
         }
         c.disks = f.disk;
         c.validate()?;

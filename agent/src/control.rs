@@ -91,7 +91,7 @@ pub fn status_json(disks: &[DiskHandle]) -> Value {
             v
         })
         .collect();
-    json!({ "ok": true, "disks": list })
+    json!({ "ok": true, "disks": list, "metrics": crate::metrics::ADDRESS.get() })
 }
 
 fn handle(s: UnixStream, disks: &[DiskHandle]) -> std::io::Result<()> {

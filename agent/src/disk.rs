@@ -35,7 +35,16 @@ use crate::tracker::{record_loss, TraceSource, Tracker};
 
 /// What the control socket asks a disk worker.
 pub enum Request {
-    Point { app: bool, reply: Sender<PointReply> },
+    Point {
+        app: bool,
+        reply: Sender<PointReply>,
+    },
+    /// SIGHUP: new capture rate limit (bytes/s, 0 unlimited) and RPO
+    /// warning threshold.
+    Reload {
+        capture_rate: u64,
+        rpo_warn: Duration,
+    },
 }
 
 /// Answer to a point request.
@@ -88,6 +97,9 @@ pub struct DiskStatus {
     pub write_bytes: u64,
     pub write_rate_bps: f64,
     pub losses: u64,
+    /// The newest point is older than `rpo_warn` (or none was taken for
+    /// that long since the start).
+    pub rpo_exceeded: bool,
     pub last_error: Option<String>,
 }
 
@@ -260,6 +272,8 @@ pub struct DiskWorker {
     rate_mark: (Instant, u64, u64),
     scan_log: Instant,
     pub(crate) counters: Counters,
+    started_ns: u64,
+    rpo_warned: Option<Instant>,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -319,6 +333,7 @@ impl DiskWorker {
             write_bytes: 0,
             write_rate_bps: 0.0,
             losses: 0,
+            rpo_exceeded: false,
             last_error: None,
         }));
         let guardian = match &mount {
@@ -367,6 +382,8 @@ impl DiskWorker {
             rate_mark: (now, 0, 0),
             scan_log: now,
             counters: Counters::default(),
+            started_ns: hrl_format::now_ns(),
+            rpo_warned: None,
         })
     }
 
@@ -575,6 +592,19 @@ impl DiskWorker {
         st.capture_bytes = self.counters.capture_bytes;
         st.write_bytes = w;
         st.losses = self.tracker.counters.losses;
+        // RPO: the age of the newest point (or of the agent, before one).
+        let since = st.last_point.as_ref().map_or(self.started_ns, |p| p.time_ns);
+        let age = Duration::from_nanos(hrl_format::now_ns().saturating_sub(since));
+        let exceeded = !self.agent.rpo_warn.is_zero() && age > self.agent.rpo_warn;
+        if exceeded && self.rpo_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            tracing::warn!(disk = %self.name, mode = ?self.mode, age_s = age.as_secs(), threshold_s = self.agent.rpo_warn.as_secs(), "RPO threshold exceeded: no point for longer than rpo_warn");
+            self.rpo_warned = Some(Instant::now());
+        }
+        if !exceeded && st.rpo_exceeded {
+            tracing::info!(disk = %self.name, "RPO back within rpo_warn");
+            self.rpo_warned = None;
+        }
+        st.rpo_exceeded = exceeded;
     }
 
     /// Runs until `stop`; then drains, syncs and seals.
@@ -607,6 +637,12 @@ impl DiskWorker {
                     Request::Point { app, reply } => {
                         let r = self.point_request(app);
                         let _ = reply.send(r);
+                    }
+                    Request::Reload { capture_rate, rpo_warn } => {
+                        tracing::info!(disk = %self.name, capture_rate, rpo_warn = ?rpo_warn, "configuration reloaded");
+                        self.reader.set_rate(capture_rate);
+                        self.agent.capture_rate = capture_rate;
+                        self.agent.rpo_warn = rpo_warn;
                     }
                 }
             }

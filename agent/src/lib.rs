@@ -14,6 +14,7 @@ pub mod guard;
 pub mod hashes;
 pub mod hooks;
 pub mod lock;
+pub mod metrics;
 pub mod point;
 pub mod progress;
 pub mod ringbuf;

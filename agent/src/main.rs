@@ -25,6 +25,9 @@ use serde_json::json;
     about = "Track and capture changed blocks of Linux disks into .hrl logs"
 )]
 struct Cli {
+    /// Log lines as text (default) or JSON, one object per line.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -151,6 +154,12 @@ struct RunArgs {
     hot_delay: Option<String>,
     #[arg(long)]
     hook_timeout: Option<String>,
+    /// Prometheus endpoint address (default 127.0.0.1:9561; "" for none).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Warn when the newest point is older than this (default 5m; 0: never).
+    #[arg(long)]
+    rpo_warn: Option<String>,
 }
 
 fn build_config(a: RunArgs) -> Result<AgentConfig, AgentError> {
@@ -211,6 +220,12 @@ fn build_config(a: RunArgs) -> Result<AgentConfig, AgentError> {
     if a.app_points {
         cfg.app_points = true;
     }
+    if let Some(v) = a.metrics_listen {
+        cfg.metrics_listen = v;
+    }
+    if let Some(v) = a.rpo_warn {
+        cfg.rpo_warn = parse_duration(&v)?;
+    }
     cfg.validate()?;
     Ok(cfg)
 }
@@ -237,15 +252,24 @@ fn stop_flag() -> Result<Arc<AtomicBool>, AgentError> {
 
 fn main() -> ExitCode {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(|| hrl_agent::progress::LogWriter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HRL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("HRL_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if cli.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(|| hrl_agent::progress::LogWriter)
+            .with_env_filter(filter())
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(|| hrl_agent::progress::LogWriter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter())
+            .init();
+    }
     let r: Result<u8, AgentError> = (|| match cli.cmd {
         Cmd::Run(a) => {
             let cfg = build_config(*a)?;
@@ -310,9 +334,15 @@ fn main() -> ExitCode {
                     d["last_freeze_ms"].as_f64().map_or("-".into(), |f| format!("{f:.1}ms")),
                     d["losses"].as_u64().unwrap_or(0),
                 );
+                if d["rpo_exceeded"].as_bool() == Some(true) {
+                    println!("  WARNING: RPO threshold exceeded: no point for longer than rpo_warn");
+                }
                 if let Some(e) = d["last_error"].as_str() {
                     println!("  error: {e}");
                 }
+            }
+            if let Some(m) = v["metrics"].as_str() {
+                println!("metrics: http://{m}/metrics");
             }
             Ok(0)
         }

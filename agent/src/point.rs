@@ -207,6 +207,7 @@ impl DiskWorker {
         let freeze_ms = freeze_ns as f64 / 1e6;
         self.counters.points_taken += 1;
         self.counters.last_freeze_ms = Some(freeze_ms);
+        crate::metrics::observe_freeze(&self.name, freeze_ms / 1e3);
         {
             let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
             st.last_point = Some(LastPoint {

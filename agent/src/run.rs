@@ -25,7 +25,19 @@ pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
         });
         workers.push(w);
     }
-    crate::progress::spawn(handles.iter().map(|h| h.status.clone()).collect(), stop.clone());
+    let statuses: Vec<_> = handles.iter().map(|h| h.status.clone()).collect();
+    crate::progress::spawn(statuses.clone(), stop.clone());
+    if !cfg.metrics_listen.is_empty() {
+        // A port already taken (a second agent on the machine) costs the
+        // metrics, never the protection.
+        match hrl_format::metrics_http::spawn(&cfg.metrics_listen, move || crate::metrics::render(&statuses)) {
+            Ok(a) => {
+                tracing::info!(address = %a, "metrics at http://{a}/metrics");
+                let _ = crate::metrics::ADDRESS.set(a.to_string());
+            }
+            Err(e) => tracing::warn!(address = %cfg.metrics_listen, error = %e, "no metrics endpoint"),
+        }
+    }
     let listener = bind(&cfg.spool)?;
     let ctl = {
         let stop = stop.clone();
@@ -53,6 +65,16 @@ pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
             .map_err(|e| crate::AgentError::io("disk thread", "spawn", e))?;
         threads.push(t);
     }
+    // SIGHUP: re-read the config file's capture rate and RPO threshold.
+    let hup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .map_err(|e| crate::AgentError::io("SIGHUP handler", "register", e))?;
+    while !stop.load(Ordering::Relaxed) && threads.iter().any(|t| !t.is_finished()) {
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(cfg, &handles);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let mut first_err = None;
     for t in threads {
         match t.join() {
@@ -71,5 +93,23 @@ pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
     match first_err {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+fn reload(cfg: &AgentConfig, handles: &[DiskHandle]) {
+    let Some(path) = &cfg.config_path else {
+        tracing::warn!("SIGHUP: started without --config, nothing to reload");
+        return;
+    };
+    match AgentConfig::load(path) {
+        Ok(new) => {
+            for h in handles {
+                let _ = h.requests.send(crate::disk::Request::Reload {
+                    capture_rate: new.capture_rate,
+                    rpo_warn: new.rpo_warn,
+                });
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "SIGHUP: config not reloaded, the running one stays"),
     }
 }

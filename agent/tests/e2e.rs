@@ -310,3 +310,144 @@ fn reprotecting_a_failed_over_disk_uploads_almost_nothing() {
         second.data_bytes
     );
 }
+
+/// The value of the first sample of `name` whose labels contain `label`
+/// (all samples summed when `label` is empty).
+fn metric(text: &str, name: &str, label: &str) -> Option<f64> {
+    let mut found = None;
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (key, val) = l.rsplit_once(' ')?;
+        let base = key.split('{').next().unwrap_or("");
+        if base == name && key.contains(label) {
+            let v: f64 = val.parse().ok()?;
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+    }
+    found
+}
+
+/// Agent and shipper run with points every second; both metrics endpoints
+/// answer on loopback with every documented metric and plausible values;
+/// when points stop, the shipper's RPO warning shows in metrics and status.
+#[test]
+fn metrics_endpoints_report_every_metric_and_the_rpo_warning() {
+    if !require_root("metrics_endpoints_report_every_metric_and_the_rpo_warning") {
+        return;
+    }
+    let dev = LoopDev::new(256 * MIB, false);
+    mkfs("ext4", &dev.path);
+    let m = Mount::new(&dev.path);
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let spool = work.path().join("spool");
+    let key = work.path().join("key");
+    create_key_file(&key).unwrap();
+    let url = format!("file://{}", work.path().join("repo").display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(Repo::init(&url, &key, 65536, 4 << 20, 8)).unwrap();
+    let mut agent = Agent::run(
+        &dev.path,
+        &spool,
+        &[
+            "--name",
+            "met",
+            "--point-interval",
+            "1s",
+            "--spool-limit",
+            "1GiB",
+            "--rpo-warn",
+            "3s",
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(std::sync::Mutex::new(hrl_shipper::status::ShipStatus {
+        repo: url.clone(),
+        pid: std::process::id(),
+        ..Default::default()
+    }));
+    let shipper_addr = hrl_shipper::status::serve_metrics(&status, "127.0.0.1:0").expect("shipper metrics bound");
+    assert!(shipper_addr.ip().is_loopback());
+    let shipper = {
+        let (url, key, spool, stop, status) = (url.clone(), key.clone(), spool.clone(), stop.clone(), status.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                let repo = Repo::open(&url, &key).await.unwrap();
+                let mut o = ShipOptions::new(&spool);
+                o.status = Some(status);
+                o.rpo_warn.store(3, Ordering::Relaxed);
+                ship(&repo, &o, &stop).await.unwrap()
+            })
+        })
+    };
+    // Some churn, with points every second.
+    for i in 0..40 {
+        let mut f = std::fs::File::create(m.path().join(format!("f{i}"))).unwrap();
+        f.write_all(&vec![i as u8 + 1; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let st: serde_json::Value = serde_json::from_str(&run(
+        agent_bin(),
+        &["status", "--json", "--spool", spool.to_str().unwrap()],
+    ))
+    .unwrap();
+    let agent_addr: std::net::SocketAddr = st["metrics"]
+        .as_str()
+        .expect("agent status names its metrics address")
+        .parse()
+        .unwrap();
+    assert!(
+        agent_addr.ip().is_loopback(),
+        "agent metrics bind to localhost by default"
+    );
+    let a = hrl_format::metrics_http::scrape(agent_addr).unwrap();
+    let d = "disk=\"met\"";
+    assert_eq!(metric(&a, "hrl_agent_disk_mode", "mode=\"data\""), Some(1.0), "{a}");
+    assert_eq!(metric(&a, "hrl_agent_disk_mode", "mode=\"bitmap\""), Some(0.0));
+    assert!(metric(&a, "hrl_agent_points_taken_total", d).unwrap() >= 3.0);
+    assert_eq!(metric(&a, "hrl_agent_points_aborted_total", d), Some(0.0));
+    assert!(metric(&a, "hrl_agent_freeze_seconds_count", d).unwrap() >= 3.0);
+    let fsum = metric(&a, "hrl_agent_freeze_seconds_sum", d).unwrap();
+    assert!(fsum > 0.0 && fsum < 10.0, "freeze sum {fsum}");
+    assert!(metric(&a, "hrl_agent_capture_bytes_total", d).unwrap() >= 40.0 * MIB as f64);
+    assert!(metric(&a, "hrl_agent_write_bytes_total", d).unwrap() >= 40.0 * MIB as f64);
+    assert_eq!(metric(&a, "hrl_agent_spool_limit_bytes", d), Some(1024.0 * MIB as f64));
+    assert!(metric(&a, "hrl_agent_spool_bytes", d).is_some());
+    assert!(metric(&a, "hrl_agent_dirty_bytes", d).is_some());
+    assert!(metric(&a, "hrl_agent_last_point_age_seconds", d).unwrap() < 3.0);
+    assert_eq!(metric(&a, "hrl_agent_rpo_exceeded", d), Some(0.0));
+    assert_eq!(metric(&a, "hrl_agent_losses_total", d), Some(0.0));
+    assert_eq!(metric(&a, "hrl_agent_scan_progress_ratio", d), Some(1.0));
+    let s = hrl_format::metrics_http::scrape(shipper_addr).unwrap();
+    assert!(
+        metric(&s, "hrl_shipper_points_published_total", "").unwrap() >= 2.0,
+        "{s}"
+    );
+    assert!(metric(&s, "hrl_shipper_ship_bytes_total", "").unwrap() >= 40.0 * MIB as f64);
+    assert!(metric(&s, "hrl_shipper_upload_bytes_total", "").unwrap() > 0.0);
+    assert!(metric(&s, "hrl_shipper_stored_bytes_total", "").unwrap() > 0.0);
+    assert!(metric(&s, "hrl_shipper_chunks_new_total", "").unwrap() > 0.0);
+    assert!(metric(&s, "hrl_shipper_chunks_deduplicated_total", "").is_some());
+    // 40 files of one repeated byte: lz4 shrinks them a lot.
+    assert!(metric(&s, "hrl_shipper_compression_ratio", "").unwrap() > 2.0);
+    assert!(metric(&s, "hrl_shipper_dedup_ratio", "").unwrap() >= 1.0);
+    assert_eq!(metric(&s, "hrl_shipper_endpoint_errors_total", ""), Some(0.0));
+    let rpo = metric(&s, "hrl_shipper_rpo_seconds", "disk=").unwrap();
+    assert!(rpo < 3.0, "rpo {rpo}");
+    assert_eq!(metric(&s, "hrl_shipper_rpo_exceeded", "disk="), Some(0.0));
+    // Points stop: after rpo_warn the shipper says so.
+    assert_eq!(agent.stop(), 0);
+    std::thread::sleep(Duration::from_secs(5));
+    let s = hrl_format::metrics_http::scrape(shipper_addr).unwrap();
+    assert_eq!(metric(&s, "hrl_shipper_rpo_exceeded", "disk="), Some(1.0), "{s}");
+    let file = hrl_shipper::status::load(&spool).unwrap();
+    assert!(file.disks.values().all(|d| d.rpo_exceeded), "{file:?}");
+    stop.store(true, Ordering::Relaxed);
+    shipper.join().unwrap();
+    eprintln!(
+        "metrics: agent {} lines, shipper {} lines; rpo before stop {rpo:.1}s",
+        a.lines().count(),
+        s.lines().count()
+    );
+}

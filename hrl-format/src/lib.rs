@@ -9,6 +9,7 @@
 pub mod error;
 pub mod follow;
 pub mod header;
+pub mod metrics_http;
 pub mod reader;
 pub mod record;
 pub mod replay;

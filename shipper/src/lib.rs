@@ -3,6 +3,7 @@
 //! tracked device except to restore or fail back onto it.
 
 pub mod azure;
+pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod failover;
@@ -12,6 +13,7 @@ pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod ship;
+pub mod status;
 pub mod write;
 
 pub use error::{Result, ShipError};

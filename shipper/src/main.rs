@@ -21,6 +21,9 @@ use uuid::Uuid;
     about = "Ship .hrl spools into an encrypted, deduplicated repository; restore"
 )]
 struct Cli {
+    /// Log lines as text (default) or JSON, one object per line.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -45,6 +48,36 @@ struct PointArgs {
     point: PointSel,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML config (/etc/hrl/shipper.toml); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Repository URL: file:///path or az://container/prefix.
+    #[arg(long)]
+    repo: Option<String>,
+    #[arg(long, env = "HRL_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    #[arg(long)]
+    spool: Option<PathBuf>,
+    #[arg(long)]
+    once: bool,
+    /// Keep shipped segments in the spool.
+    #[arg(long)]
+    keep_shipped: bool,
+    #[arg(long)]
+    json: bool,
+    /// Prometheus endpoint (default 127.0.0.1:9562; "" for none).
+    #[arg(long)]
+    metrics_listen: Option<String>,
+    /// Warn when the newest published point is older than this (default 5m; 0 never).
+    #[arg(long)]
+    rpo_warn: Option<String>,
+    /// Pack upload limit in bytes per second, e.g. 50MiB (default 0: none).
+    #[arg(long)]
+    upload_rate: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Create a repository (and the key file, 0600, if it does not exist).
@@ -60,16 +93,11 @@ enum Cmd {
         checkpoint_every: u64,
     },
     /// Ship the spool: follow it (daemon) or, with --once, ship what is there.
-    Run {
-        #[command(flatten)]
-        r: RepoArgs,
+    Run(Box<RunArgs>),
+    /// What a running shipper reports (read from the spool's status file).
+    Status {
         #[arg(long)]
         spool: PathBuf,
-        #[arg(long)]
-        once: bool,
-        /// Keep shipped segments in the spool.
-        #[arg(long)]
-        keep_shipped: bool,
         #[arg(long)]
         json: bool,
     },
@@ -199,6 +227,106 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+async fn run(a: RunArgs) -> Result<u8, ShipError> {
+    use hrl_shipper::config::{parse_duration as dur, parse_rate, ShipperConfig};
+    use std::sync::atomic::Ordering;
+    let mut cfg = match &a.config {
+        Some(p) => ShipperConfig::load(p)?,
+        None => ShipperConfig::default(),
+    };
+    if let Some(v) = a.repo {
+        cfg.repo = Some(v);
+    }
+    if let Some(v) = a.key_file {
+        cfg.key_file = Some(v);
+    }
+    if let Some(v) = a.spool {
+        cfg.spool = Some(v);
+    }
+    if let Some(v) = a.metrics_listen {
+        cfg.metrics_listen = v;
+    }
+    if let Some(v) = a.rpo_warn {
+        cfg.rpo_warn = dur(&v)?;
+    }
+    if let Some(v) = a.upload_rate {
+        cfg.upload_rate = parse_rate(&v)?;
+    }
+    let need = |what: &str| {
+        ShipError::Usage(format!(
+            "run needs --{what} (or `{}` in --config)",
+            what.replace('-', "_")
+        ))
+    };
+    let url = cfg.repo.clone().ok_or_else(|| need("repo"))?;
+    let key_file = cfg.key_file.clone().ok_or_else(|| need("key-file"))?;
+    let spool = cfg.spool.clone().ok_or_else(|| need("spool"))?;
+    let repo = Repo::open(&url, &key_file).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| ShipError::io("signal", "register", e))?;
+    }
+    let mut o = hrl_shipper::ship::ShipOptions::new(spool.clone());
+    o.once = a.once;
+    o.delete_shipped = !a.keep_shipped;
+    o.upload.rate.store(cfg.upload_rate, Ordering::Relaxed);
+    o.rpo_warn.store(cfg.rpo_warn.as_secs(), Ordering::Relaxed);
+    if !a.once {
+        let st = Arc::new(std::sync::Mutex::new(hrl_shipper::status::ShipStatus {
+            repo: url.clone(),
+            pid: std::process::id(),
+            ..Default::default()
+        }));
+        if !cfg.metrics_listen.is_empty() {
+            hrl_shipper::status::serve_metrics(&st, &cfg.metrics_listen);
+        }
+        o.status = Some(st);
+        // SIGHUP: re-read the file's upload_rate and rpo_warn.
+        if let Some(path) = a.config.clone() {
+            let hup = Arc::new(AtomicBool::new(false));
+            signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+                .map_err(|e| ShipError::io("signal", "register", e))?;
+            let (rate, warn, stop) = (o.upload.clone(), o.rpo_warn.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if hup.swap(false, Ordering::Relaxed) {
+                        match ShipperConfig::load(&path) {
+                            Ok(c) => {
+                                rate.rate.store(c.upload_rate, Ordering::Relaxed);
+                                warn.store(c.rpo_warn.as_secs(), Ordering::Relaxed);
+                                tracing::info!(
+                                    upload_rate = c.upload_rate,
+                                    rpo_warn_s = c.rpo_warn.as_secs(),
+                                    "configuration reloaded"
+                                );
+                            }
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: config not reloaded, the running one stays"),
+                        }
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            });
+        }
+    }
+    let rep = hrl_shipper::ship::ship(&repo, &o, &stop).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&rep).unwrap_or_default());
+    } else {
+        println!(
+            "published {} points; {} of chunk data ({} zero chunks), {} new chunks stored in {} ({} deduplicated), {} packs, {} spool segments deleted",
+            rep.points_published,
+            hrl_format::human_bytes(rep.data_bytes),
+            rep.zero_chunks,
+            rep.chunks_new,
+            hrl_format::human_bytes(rep.stored_bytes),
+            rep.chunks_deduplicated,
+            rep.packs,
+            rep.segments_deleted
+        );
+    }
+    Ok(0)
+}
+
 fn code(e: &ShipError) -> u8 {
     match e {
         ShipError::Usage(_)
@@ -239,36 +367,44 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
             );
             Ok(0)
         }
-        Cmd::Run {
-            r,
-            spool,
-            once,
-            keep_shipped,
-            json,
-        } => {
-            let repo = Repo::open(&r.repo, &r.key_file).await?;
-            let stop = Arc::new(AtomicBool::new(false));
-            for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-                signal_hook::flag::register(sig, stop.clone()).map_err(|e| ShipError::io("signal", "register", e))?;
-            }
-            let mut o = hrl_shipper::ship::ShipOptions::new(spool);
-            o.once = once;
-            o.delete_shipped = !keep_shipped;
-            let rep = hrl_shipper::ship::ship(&repo, &o, &stop).await?;
+        Cmd::Run(a) => run(*a).await,
+        Cmd::Status { spool, json } => {
+            let st = hrl_shipper::status::load(&spool)?;
+            let age = hrl_format::now_ns().saturating_sub(st.updated_ns) as f64 / 1e9;
             if json {
-                println!("{}", serde_json::to_string(&rep).unwrap_or_default());
+                println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
             } else {
                 println!(
-                    "published {} points; {} of chunk data ({} zero chunks), {} new chunks stored in {} ({} deduplicated), {} packs, {} spool segments deleted",
-                    rep.points_published,
-                    hrl_format::human_bytes(rep.data_bytes),
-                    rep.zero_chunks,
-                    rep.chunks_new,
-                    hrl_format::human_bytes(rep.stored_bytes),
-                    rep.chunks_deduplicated,
-                    rep.packs,
-                    rep.segments_deleted
+                    "shipper pid {} -> {}: {} points published, {} shipped, {} uploaded, {} endpoint errors",
+                    st.pid,
+                    st.repo,
+                    st.points_published,
+                    hrl_format::human_bytes(st.data_bytes),
+                    hrl_format::human_bytes(st.upload_bytes),
+                    st.endpoint_errors
                 );
+                println!("{:<36} {:>8} {:>10} {:>12}  RPO", "DISK", "POINT", "RPO", "UNPUBLISHED");
+                for (d, ds) in &st.disks {
+                    println!(
+                        "{:<36} {:>8} {:>10} {:>12}  {}",
+                        d.to_string(),
+                        ds.last_point.map_or("-".into(), |p| p.to_string()),
+                        ds.rpo_seconds.map_or("-".into(), |r| format!("{r:.1}s")),
+                        hrl_format::human_bytes(ds.unpublished_bytes),
+                        if ds.rpo_exceeded { "EXCEEDED rpo_warn" } else { "ok" }
+                    );
+                }
+                if let Some(e) = &st.last_error {
+                    println!("last error: {e}");
+                }
+                if let Some(m) = &st.metrics {
+                    println!("metrics: http://{m}/metrics");
+                }
+            }
+            // A status file nobody updates: the shipper is not running.
+            if age > 10.0 {
+                eprintln!("hrl-shipper: the status is {age:.0}s old: is the shipper running on this spool?");
+                return Ok(1);
             }
             Ok(0)
         }
@@ -548,15 +684,24 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
 
 fn main() -> ExitCode {
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HRL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("HRL_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    if cli.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_env_filter(filter())
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_env_filter(filter())
+            .init();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -7,7 +7,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hrl_format::{Cursor, Follower, Record};
@@ -19,6 +20,7 @@ use crate::error::{Result, ShipError};
 use crate::manifest::{self, ChunkRef, PointHeader};
 use crate::pack::{write_index, PackBuilder};
 use crate::repo::{Location, Repo};
+use crate::status::SharedStatus;
 
 /// Options of `hrl-shipper run`.
 #[derive(Debug, Clone)]
@@ -29,6 +31,12 @@ pub struct ShipOptions {
     /// Delete spool segments once every record in them is published.
     pub delete_shipped: bool,
     pub poll: Duration,
+    /// Pack upload limit, shared by every disk; changeable while running.
+    pub upload: Arc<Throttle>,
+    /// RPO warning threshold in seconds (0: never); changeable while running.
+    pub rpo_warn: Arc<AtomicU64>,
+    /// Where the daemon publishes its status (metrics, status file).
+    pub status: Option<SharedStatus>,
 }
 
 impl ShipOptions {
@@ -38,6 +46,46 @@ impl ShipOptions {
             once: false,
             delete_shipped: true,
             poll: Duration::from_millis(200),
+            upload: Arc::new(Throttle::new(0)),
+            rpo_warn: Arc::new(AtomicU64::new(0)),
+            status: None,
+        }
+    }
+}
+
+/// An upload rate limit in bytes per second (0: none), shared by uploads.
+#[derive(Debug)]
+pub struct Throttle {
+    pub rate: AtomicU64,
+    state: std::sync::Mutex<(Instant, u64)>,
+}
+
+impl Throttle {
+    pub fn new(rate: u64) -> Self {
+        Throttle {
+            rate: AtomicU64::new(rate),
+            state: std::sync::Mutex::new((Instant::now(), 0)),
+        }
+    }
+
+    /// Waits until `n` more bytes fit under the limit.
+    pub async fn take(&self, n: u64) {
+        let rate = self.rate.load(Ordering::Relaxed);
+        if rate == 0 {
+            return;
+        }
+        let wait = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            // A fresh window every 10 s: a changed limit applies soon, and
+            // an idle period does not bank a burst.
+            if st.0.elapsed() > Duration::from_secs(10) {
+                *st = (Instant::now(), 0);
+            }
+            st.1 += n;
+            Duration::from_secs_f64(st.1 as f64 / rate as f64).saturating_sub(st.0.elapsed())
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
         }
     }
 }
@@ -55,6 +103,10 @@ pub struct ShipReport {
     pub stored_bytes: u64,
     pub packs: u64,
     pub segments_deleted: u64,
+    /// Plaintext bytes of newly stored chunks (for the compression ratio).
+    pub new_plain_bytes: u64,
+    /// Bytes uploaded: packs, indexes, manifests.
+    pub upload_bytes: u64,
     /// Points shipped again because a prune removed chunks they used.
     pub points_reshipped: u64,
     pub published: Vec<(Uuid, u64)>,
@@ -108,6 +160,7 @@ struct DiskShipper {
     pending: HashMap<ChunkId, Location>,
     /// Tag time of the newest point published (for the lag shown in logs).
     last_published_ns: Option<u64>,
+    last_published_seq: Option<u64>,
     /// Pack uploads in flight, oldest first (at most [`UPLOADS`]).
     uploads: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>>,
 }
@@ -129,17 +182,20 @@ impl DiskShipper {
             unindexed: Vec::new(),
             pending: HashMap::new(),
             last_published_ns: None,
+            last_published_seq: None,
             uploads: std::collections::VecDeque::new(),
         })
     }
 
-    async fn flush_pack(&mut self, repo: &Repo, report: &mut ShipReport) -> Result<()> {
+    async fn flush_pack(&mut self, repo: &Repo, opts: &ShipOptions, report: &mut ShipReport) -> Result<()> {
         if self.pack.is_empty() {
             return Ok(());
         }
         let pack = std::mem::take(&mut self.pack);
         let id = pack.id;
         let (key, bytes, entries) = pack.finish(repo);
+        opts.upload.take(bytes.len() as u64).await;
+        report.upload_bytes += bytes.len() as u64;
         if self.uploads.len() >= UPLOADS {
             self.wait_upload().await?;
         }
@@ -204,12 +260,12 @@ impl DiskShipper {
                         },
                     ));
                     if batch.len() >= BATCH {
-                        self.add_batch(repo, known, report, &mut batch).await?;
+                        self.add_batch(repo, known, opts, report, &mut batch).await?;
                     }
                     continue;
                 }
             }
-            self.add_batch(repo, known, report, &mut batch).await?;
+            self.add_batch(repo, known, opts, report, &mut batch).await?;
             match f.record {
                 Record::Data(d) => {
                     report.data_records += 1;
@@ -229,7 +285,7 @@ impl DiskShipper {
                 _ => {}
             }
         }
-        self.add_batch(repo, known, report, &mut batch).await?;
+        self.add_batch(repo, known, opts, report, &mut batch).await?;
         Ok(any)
     }
 
@@ -240,6 +296,7 @@ impl DiskShipper {
         &mut self,
         repo: &Repo,
         known: &Known,
+        opts: &ShipOptions,
         report: &mut ShipReport,
         batch: &mut Vec<(u64, Vec<u8>)>,
     ) -> Result<()> {
@@ -258,14 +315,15 @@ impl DiskShipper {
         }
         let to_seal: Vec<(ChunkId, &[u8])> = fresh.iter().map(|&i| (ids[i], batch[i].1.as_slice())).collect();
         let blobs: Vec<Vec<u8>> = par_map(&to_seal, |(id, data)| repo.keys.seal_chunk(id, data));
-        for ((id, _), blob) in to_seal.iter().zip(blobs) {
+        for ((id, data), blob) in to_seal.iter().zip(blobs) {
             report.chunks_new += 1;
+            report.new_plain_bytes += data.len() as u64;
             report.stored_bytes += blob.len() as u64;
             self.window_new += blob.len() as u64;
             let loc = self.pack.add(*id, &blob);
             self.pending.insert(*id, loc);
             if self.pack.len() as u64 >= repo.config.pack_size {
-                self.flush_pack(repo, report).await?;
+                self.flush_pack(repo, opts, report).await?;
             }
         }
         for ((idx, data), id) in batch.drain(..).zip(ids) {
@@ -288,7 +346,7 @@ impl DiskShipper {
         next: Cursor,
     ) -> Result<()> {
         // 1. packs, 2. index: durable before the manifest that needs them.
-        self.flush_pack(repo, report).await?;
+        self.flush_pack(repo, opts, report).await?;
         self.wait_uploads().await?;
         if !self.unindexed.is_empty() {
             let key = write_index(repo, &self.unindexed).await?;
@@ -375,12 +433,15 @@ impl DiskShipper {
                 data_bytes: self.window_data,
                 published_ns: hrl_format::now_ns(),
             };
-            repo.put(&key, manifest::encode(repo, &h, &map), true).await?;
+            let body = manifest::encode(repo, &h, &map);
+            report.upload_bytes += body.len() as u64;
+            repo.put(&key, body, true).await?;
             report.points_published += 1;
             report.published.push((self.disk, tag.seq));
             tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
         }
         self.last_published_ns = Some(tag.time_ns);
+        self.last_published_seq = Some(tag.seq);
         self.window.clear();
         self.window_data = 0;
         self.window_new = 0;
@@ -399,6 +460,10 @@ impl DiskShipper {
         self.pending.clear();
         self.unindexed.clear();
         self.pack = PackBuilder::new();
+        // Uploads still in flight belong to the abandoned window.
+        for h in self.uploads.drain(..) {
+            h.abort();
+        }
         Ok(())
     }
 
@@ -463,20 +528,98 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
 
 /// Ships every disk of the spool into `repo` until `stop` (or, with
 /// `once`, until nothing complete is left).
+///
+/// As a daemon, a store failure that outlasts the client's own retries does
+/// not stop the shipper: the disk is started again from its cursor after a
+/// backoff (1 s doubling to 60 s), and the error is counted and shown.
 pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<ShipReport> {
     let mut known = Known::load(repo).await?;
     let mut report = ShipReport::default();
     let mut disks: Vec<DiskShipper> = Vec::new();
     let mut last_log = Instant::now();
+    let mut last_status = Instant::now() - Duration::from_secs(10);
+    let mut backoff = Duration::from_secs(1);
+    let mut rpo_warned: HashMap<Uuid, Instant> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         for d in hrl_format::list_disks(&opts.spool)? {
             if !disks.iter().any(|s| s.disk == d) {
-                disks.push(DiskShipper::new(&opts.spool, d)?);
+                let mut ds = DiskShipper::new(&opts.spool, d)?;
+                // The RPO the repository already offers, before this
+                // process publishes anything.
+                if let Some(&seq) = manifest::list_points(repo, &d).await?.last() {
+                    let (h, _) = manifest::load(repo, &d, seq).await?;
+                    ds.last_published_ns = Some(h.time_ns);
+                    ds.last_published_seq = Some(seq);
+                }
+                disks.push(ds);
             }
         }
         let mut any = false;
+        let mut failed = false;
         for d in disks.iter_mut() {
-            any |= d.step(repo, &mut known, opts, &mut report, stop).await?;
+            match d.step(repo, &mut known, opts, &mut report, stop).await {
+                Ok(a) => any |= a,
+                Err(e @ ShipError::Store { .. }) if !opts.once => {
+                    tracing::error!(disk = %d.disk, error = %e, backoff_s = backoff.as_secs(), "endpoint failed; this disk starts again from its cursor");
+                    if let Some(st) = &opts.status {
+                        let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
+                        st.endpoint_errors += 1;
+                        st.retries += 1;
+                        st.last_error = Some(e.to_string());
+                    }
+                    d.reset(&opts.spool)?;
+                    failed = true;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if failed {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+            // What the failed uploads left half done is found again.
+            known = Known::load(repo).await.unwrap_or(known);
+            continue;
+        }
+        backoff = Duration::from_secs(1);
+        if let Some(st) = &opts.status {
+            if last_status.elapsed() >= Duration::from_secs(1) {
+                last_status = Instant::now();
+                let warn = opts.rpo_warn.load(Ordering::Relaxed);
+                let snapshot = {
+                    let mut st = st.lock().unwrap_or_else(|p| p.into_inner());
+                    st.absorb(&report);
+                    st.updated_ns = hrl_format::now_ns();
+                    st.rpo_warn_seconds = warn;
+                    st.upload_rate_limit = opts.upload.rate.load(Ordering::Relaxed);
+                    for d in &disks {
+                        let e = st.disks.entry(d.disk).or_default();
+                        e.unpublished_bytes = d.window_data;
+                        e.last_point_time_ns = d.last_published_ns;
+                        e.last_point = d.last_published_seq;
+                        e.rpo_seconds = d
+                            .last_published_ns
+                            .map(|t| hrl_format::now_ns().saturating_sub(t) as f64 / 1e9);
+                        let over = warn > 0 && e.rpo_seconds.is_some_and(|r| r > warn as f64);
+                        if over
+                            && rpo_warned
+                                .get(&d.disk)
+                                .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                        {
+                            tracing::warn!(disk = %d.disk, rpo_s = e.rpo_seconds.unwrap_or(0.0) as u64, threshold_s = warn, "RPO threshold exceeded: the newest published point is older than rpo_warn");
+                            rpo_warned.insert(d.disk, Instant::now());
+                        }
+                        if !over && e.rpo_exceeded {
+                            tracing::info!(disk = %d.disk, "RPO back within rpo_warn");
+                            rpo_warned.remove(&d.disk);
+                        }
+                        e.rpo_exceeded = over;
+                    }
+                    st.clone()
+                };
+                if let Err(e) = crate::status::save(&opts.spool, &snapshot) {
+                    tracing::warn!(error = %e, "could not write the status file");
+                }
+            }
         }
         if last_log.elapsed() > Duration::from_secs(10) {
             last_log = Instant::now();

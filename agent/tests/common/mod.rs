@@ -278,6 +278,10 @@ fn agent_cmd(sub: &str, dev: &Path, spool: &Path, extra: &[&str]) -> Command {
     .args(extra)
     .stdout(Stdio::null())
     .stderr(Stdio::inherit());
+    // Tests run side by side: each agent's metrics on a free port.
+    if sub == "run" && !extra.contains(&"--metrics-listen") {
+        cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+    }
     cmd
 }
 
