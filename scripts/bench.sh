@@ -19,6 +19,9 @@ tracker)
 capture)
     exec bash scripts/bench-capture.sh
     ;;
+groups)
+    exec bash scripts/bench-groups.sh
+    ;;
 points)
     exec bash scripts/bench-points.sh
     ;;
@@ -26,7 +29,7 @@ shipper)
     exec bash scripts/bench-shipper.sh
     ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | shipper" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper" >&2
     exit 2
     ;;
 esac

@@ -116,6 +116,7 @@ struct FileConfig {
     metrics_listen: Option<String>,
     #[serde(default, deserialize_with = "de_dur")]
     rpo_warn: Option<Duration>,
+    group: Option<crate::group::GroupConfig>,
     #[serde(default)]
     disk: Vec<DiskConfig>,
 }
@@ -149,6 +150,8 @@ pub struct AgentConfig {
     pub rpo_warn: Duration,
     /// The file this came from (SIGHUP reloads it).
     pub config_path: Option<PathBuf>,
+    /// Membership of a consistency group.
+    pub group: Option<crate::group::GroupConfig>,
     pub disks: Vec<DiskConfig>,
 }
 
@@ -170,6 +173,7 @@ impl AgentConfig {
             metrics_listen: "127.0.0.1:9561".into(),
             rpo_warn: Duration::from_secs(300),
             config_path: None,
+            group: None,
             disks: Vec::new(),
         }
     }
@@ -225,6 +229,7 @@ impl AgentConfig {
         if let Some(v) = f.rpo_warn {
             c.rpo_warn = v;
         }
+        c.group = f.group;
         c.disks = f.disk;
         c.validate()?;
         Ok(c)

@@ -45,6 +45,12 @@ pub enum Request {
         capture_rate: u64,
         rpo_warn: Duration,
     },
+    /// Group point, step 1 (outside the freeze).
+    GroupPrepare {
+        reply: Sender<std::result::Result<(), String>>,
+    },
+    /// Group point, step 2: freeze and wait for the coordinator's decision.
+    GroupFreeze(Box<crate::group::FreezeJob>),
 }
 
 /// Answer to a point request.
@@ -638,6 +644,10 @@ impl DiskWorker {
                         let r = self.point_request(app);
                         let _ = reply.send(r);
                     }
+                    Request::GroupPrepare { reply } => {
+                        let _ = reply.send(self.group_prepare());
+                    }
+                    Request::GroupFreeze(job) => self.group_freeze(*job)?,
                     Request::Reload { capture_rate, rpo_warn } => {
                         tracing::info!(disk = %self.name, capture_rate, rpo_warn = ?rpo_warn, "configuration reloaded");
                         self.reader.set_rate(capture_rate);

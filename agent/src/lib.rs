@@ -10,6 +10,7 @@ pub mod disk;
 pub mod error;
 pub mod event;
 pub mod freeze;
+pub mod group;
 pub mod guard;
 pub mod hashes;
 pub mod hooks;

@@ -108,6 +108,34 @@ enum Cmd {
         #[arg(long, default_value = "64MiB")]
         segment_size: String,
     },
+    /// Take consistency-group points across member agents (each running
+    /// with `--group`): one freeze window for every member disk.
+    Coordinate {
+        #[arg(long)]
+        group: String,
+        /// A member agent's group address (repeat for each member).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// The shared group key (64 hex, mode 0600).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Every member must be frozen within this of the freeze order.
+        #[arg(long, default_value = "300ms")]
+        deadline: String,
+        #[arg(long, default_value = "10s")]
+        interval: String,
+        /// Points to take, then exit (0: until SIGTERM).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// One JSON line per group point.
+        #[arg(long)]
+        json: bool,
+        /// Test hook: wait this long between the barrier and the commit.
+        #[arg(long, hide = true, default_value = "0ms")]
+        pause_frozen: String,
+    },
+    /// Create a new random group key file (0600).
+    GroupKey { file: PathBuf },
 }
 
 #[derive(Args)]
@@ -160,6 +188,15 @@ struct RunArgs {
     /// Warn when the newest point is older than this (default 5m; 0: never).
     #[arg(long)]
     rpo_warn: Option<String>,
+    /// Be a member of this consistency group (with --group-listen, --group-key).
+    #[arg(long)]
+    group: Option<String>,
+    /// Address the group member endpoint listens on.
+    #[arg(long, requires = "group")]
+    group_listen: Option<String>,
+    /// The shared group key file.
+    #[arg(long, requires = "group")]
+    group_key: Option<PathBuf>,
 }
 
 fn build_config(a: RunArgs) -> Result<AgentConfig, AgentError> {
@@ -225,6 +262,19 @@ fn build_config(a: RunArgs) -> Result<AgentConfig, AgentError> {
     }
     if let Some(v) = a.rpo_warn {
         cfg.rpo_warn = parse_duration(&v)?;
+    }
+    if let Some(name) = a.group {
+        let (Some(listen), Some(key_file)) = (a.group_listen, a.group_key) else {
+            return Err(AgentError::Config(
+                "--group needs --group-listen ADDR and --group-key FILE".into(),
+            ));
+        };
+        cfg.group = Some(hrl_agent::group::GroupConfig {
+            name,
+            listen,
+            key_file,
+            disks: Vec::new(),
+        });
     }
     cfg.validate()?;
     Ok(cfg)
@@ -345,6 +395,59 @@ fn main() -> ExitCode {
                 println!("metrics: http://{m}/metrics");
             }
             Ok(0)
+        }
+        Cmd::GroupKey { file } => {
+            hrl_agent::group::new_key_file(&file)?;
+            println!(
+                "new group key in {} (0600): copy it to every member and the coordinator",
+                file.display()
+            );
+            Ok(0)
+        }
+        Cmd::Coordinate {
+            group,
+            members,
+            key_file,
+            deadline,
+            interval,
+            count,
+            json,
+            pause_frozen,
+        } => {
+            let o = hrl_agent::group::CoordinateOptions {
+                group,
+                members,
+                key: hrl_agent::group::read_key(&key_file)?,
+                deadline: parse_duration(&deadline)?,
+                interval: parse_duration(&interval)?,
+                count,
+                pause_frozen: parse_duration(&pause_frozen)?,
+            };
+            let stop = stop_flag()?;
+            let mut failed = 0u64;
+            hrl_agent::group::coordinate(&o, &stop, |r| {
+                if !r.ok {
+                    failed += 1;
+                }
+                if json {
+                    println!("{}", serde_json::to_string(r).unwrap_or_default());
+                } else if r.ok {
+                    println!(
+                        "group {} point {}: {} disks, window {:.1} ms, longest freeze {:.1} ms",
+                        r.group, r.seq, r.members, r.window_ms, r.max_freeze_ms
+                    );
+                } else {
+                    println!(
+                        "group {} point {}: ABORTED: {}",
+                        r.group,
+                        r.seq,
+                        r.error.as_deref().unwrap_or("?")
+                    );
+                }
+                // Piped output is read as the points happen.
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            })?;
+            Ok(if failed > 0 { 1 } else { 0 })
         }
         Cmd::Track {
             device,

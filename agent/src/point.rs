@@ -32,14 +32,14 @@ fn kind_name(k: PointKind) -> &'static str {
 }
 
 impl DiskWorker {
-    fn copy_all_dirty(&mut self) -> Result<u64> {
+    pub(crate) fn copy_all_dirty(&mut self) -> Result<u64> {
         let before = self.counters.data_records;
         let dirty = self.dirty.dirty_chunks();
         self.capture_many(&dirty)?;
         Ok(self.counters.data_records - before)
     }
 
-    fn abort_point(&mut self, seq: u64, kind: PointKind, why: String) -> Result<PointReply> {
+    pub(crate) fn abort_point(&mut self, seq: u64, kind: PointKind, why: String) -> Result<PointReply> {
         tracing::warn!(disk = %self.name, point = seq, reason = %why, "point aborted");
         self.log.append(&Record::Tag(Tag {
             seq,
@@ -186,7 +186,13 @@ impl DiskWorker {
         }
     }
 
-    fn finish_point(&mut self, seq: u64, kind: PointKind, freeze_ns: u64, copied: u64) -> Result<PointReply> {
+    pub(crate) fn finish_point(
+        &mut self,
+        seq: u64,
+        kind: PointKind,
+        freeze_ns: u64,
+        copied: u64,
+    ) -> Result<PointReply> {
         if kind == PointKind::Fuzzy {
             self.log.append_unsynced(&Record::Tag(Tag {
                 seq,

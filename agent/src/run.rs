@@ -38,6 +38,9 @@ pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
             Err(e) => tracing::warn!(address = %cfg.metrics_listen, error = %e, "no metrics endpoint"),
         }
     }
+    if let Some(g) = &cfg.group {
+        crate::group::serve(g.clone(), handles.clone(), stop.clone())?;
+    }
     let listener = bind(&cfg.spool)?;
     let ctl = {
         let stop = stop.clone();

@@ -32,7 +32,7 @@ pub const MAJOR_VERSION: u16 = 1;
 /// The minor version this build writes. Readers accept any minor of their
 /// major; newer minors may only add record types (skipped) or header fields
 /// inside the reserved bytes.
-pub const MINOR_VERSION: u16 = 0;
+pub const MINOR_VERSION: u16 = 1;
 /// Length of the version-1.0 header.
 pub const HEADER_LEN: usize = 128;
 
@@ -218,7 +218,10 @@ mod tests {
         b[8..10].copy_from_slice(&2u16.to_le_bytes());
         assert_eq!(
             FileHeader::decode(&b),
-            Err(HeaderError::UnsupportedVersion { major: 2, minor: 0 })
+            Err(HeaderError::UnsupportedVersion {
+                major: 2,
+                minor: MINOR_VERSION
+            })
         );
     }
 }

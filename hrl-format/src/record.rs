@@ -37,6 +37,8 @@ pub mod rtype {
     pub const LOST: u8 = 5;
     pub const MODE: u8 = 6;
     pub const SEAL: u8 = 7;
+    /// Since 1.1: the consistency-group point the next tag belongs to.
+    pub const GROUP: u8 = 8;
     /// First type number a reader may not skip.
     pub const MANDATORY: u8 = 128;
 }
@@ -145,6 +147,22 @@ pub struct Tag {
     pub group: Option<Uuid>,
 }
 
+/// Written just before a [`Tag`] whose `group` is `id`: which consistency
+/// group point that tag belongs to. Every member disk's tag of one group
+/// point carries the same `id`, `name` and `seq`; `members` is how many
+/// disks (across every agent) the group point has, so a repository can
+/// tell when all of them are published. Added in version 1.1; a 1.0 reader
+/// skips it (types below 128 are skippable).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub id: Uuid,
+    /// Group sequence, increasing per group (chosen by the coordinator).
+    pub seq: u64,
+    pub members: u32,
+    /// Group name (UTF-8, at most 255 bytes).
+    pub name: String,
+}
+
 /// Tracking was lost for a range (or the whole device).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lost {
@@ -186,6 +204,7 @@ pub enum Record {
     Lost(Lost),
     Mode(ModeChange),
     Seal(Seal),
+    Group(Group),
 }
 
 impl Record {
@@ -199,6 +218,7 @@ impl Record {
             Record::Lost(_) => rtype::LOST,
             Record::Mode(_) => rtype::MODE,
             Record::Seal(_) => rtype::SEAL,
+            Record::Group(_) => rtype::GROUP,
         }
     }
 
@@ -217,6 +237,7 @@ impl Record {
             Record::Lost(l) => Some(l.time_ns),
             Record::Mode(m) => Some(m.time_ns),
             Record::Seal(s) => Some(s.time_ns),
+            Record::Group(_) => None,
         }
     }
 
@@ -230,6 +251,7 @@ impl Record {
             Record::Lost(l) => 32 + l.detail.len(),
             Record::Mode(_) => 16,
             Record::Seal(_) => 32,
+            Record::Group(g) => 32 + g.name.len(),
         }
     }
 
@@ -285,6 +307,13 @@ impl Record {
                 out.extend_from_slice(&s.time_ns.to_le_bytes());
                 out.push(u8::from(s.recovered));
                 out.extend_from_slice(&[0u8; 7]);
+            }
+            Record::Group(g) => {
+                out.extend_from_slice(g.id.as_bytes());
+                out.extend_from_slice(&g.seq.to_le_bytes());
+                out.extend_from_slice(&g.members.to_le_bytes());
+                out.extend_from_slice(&[0u8; 4]);
+                out.extend_from_slice(g.name.as_bytes());
             }
         }
     }
@@ -414,6 +443,18 @@ impl Record {
                     recovered: flag(p[24], "seal recovered")?,
                 })
             }
+            rtype::GROUP => {
+                need(32)?;
+                let name = std::str::from_utf8(&p[32..])
+                    .map_err(|_| "group name is not UTF-8".to_string())?
+                    .to_string();
+                Record::Group(Group {
+                    id: Uuid::from_bytes(arr(&p[0..16])),
+                    seq: u64_at(16),
+                    members: u32::from_le_bytes(arr(&p[24..28])),
+                    name,
+                })
+            }
             x if x >= rtype::MANDATORY => {
                 return Err(format!(
                     "record type {x} must be understood but is unknown to this build"
@@ -443,6 +484,8 @@ impl Record {
             Record::Mode(m) => json!({"type": "mode", "mode": m.mode, "time_ns": m.time_ns}),
             Record::Seal(s) => json!({"type": "seal", "records": s.records, "bytes": s.bytes,
                 "time_ns": s.time_ns, "recovered": s.recovered}),
+            Record::Group(g) => json!({"type": "group", "id": g.id.to_string(), "seq": g.seq,
+                "members": g.members, "name": g.name}),
         }
     }
 }
@@ -457,6 +500,7 @@ pub fn type_name(rt: u8) -> &'static str {
         rtype::LOST => "lost",
         rtype::MODE => "mode",
         rtype::SEAL => "seal",
+        rtype::GROUP => "group",
         _ => "unknown",
     }
 }
@@ -517,6 +561,7 @@ impl std::fmt::Display for Record {
                 s.bytes,
                 if s.recovered { " (recovered)" } else { "" }
             ),
+            Record::Group(g) => write!(f, "group {} seq={} members={} id={}", g.name, g.seq, g.members, g.id),
         }
     }
 }

@@ -203,7 +203,7 @@ impl StatsBuilder {
                 mode: m.mode,
                 time_ns: m.time_ns,
             }),
-            Record::Flush(_) | Record::Seal(_) => {}
+            Record::Flush(_) | Record::Seal(_) | Record::Group(_) => {}
         }
     }
 

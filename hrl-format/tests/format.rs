@@ -79,6 +79,14 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 detail
             })),
         (mode, any::<u64>()).prop_map(|(mode, time_ns)| Record::Mode(ModeChange { mode, time_ns })),
+        (any::<u128>(), any::<u64>(), any::<u32>(), ".{0,40}").prop_map(|(id, seq, members, name)| Record::Group(
+            Group {
+                id: Uuid::from_u128(id),
+                seq,
+                members,
+                name
+            }
+        )),
     ]
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod failover;
+pub mod group;
 pub mod manifest;
 pub mod pack;
 pub mod prune;

@@ -101,23 +101,34 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List published points.
+    /// List published points (with --group: the group's points, and
+    /// whether every member is published).
     Points {
         #[command(flatten)]
         r: RepoArgs,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "group")]
         disk: Option<Uuid>,
+        #[arg(long)]
+        group: Option<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Restore a point to an image file or a block device.
+    /// Restore a point to an image file or a block device; with --group,
+    /// every member of a complete group point into --to-dir.
     Restore {
         #[command(flatten)]
         r: RepoArgs,
-        #[command(flatten)]
-        p: PointArgs,
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        disk: Option<Uuid>,
+        #[arg(long, requires = "to_dir")]
+        group: Option<String>,
+        /// `latest` or a point sequence (with --group: a group sequence).
+        #[arg(long, default_value = "latest")]
+        point: PointSel,
+        #[arg(long, required_unless_present = "group")]
+        to: Option<PathBuf>,
         #[arg(long)]
-        to: PathBuf,
+        to_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -408,7 +419,38 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
             }
             Ok(0)
         }
-        Cmd::Points { r, disk, json } => {
+        Cmd::Points {
+            r,
+            group: Some(group),
+            json,
+            ..
+        } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            let points = hrl_shipper::group::list(&repo, &group).await?;
+            if json {
+                for g in &points {
+                    println!("{}", serde_json::to_string(g).unwrap_or_default());
+                }
+            } else {
+                println!("{:<16} {:>16} {:>8}  STATE", "GROUP", "POINT", "MEMBERS");
+                for g in &points {
+                    println!(
+                        "{:<16} {:>16} {:>3} of {:<2}  {}",
+                        g.group,
+                        g.seq,
+                        g.published.len(),
+                        g.members,
+                        if g.complete {
+                            "published"
+                        } else {
+                            "incomplete (not restorable)"
+                        }
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Points { r, disk, json, .. } => {
             let repo = Repo::open(&r.repo, &r.key_file).await?;
             let disks = match disk {
                 Some(d) => vec![d],
@@ -454,10 +496,45 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
         }
         Cmd::Restore {
             r,
-            p: PointArgs { disk, point },
+            group: Some(group),
+            point,
+            to_dir: Some(dir),
+            json,
+            ..
+        } => {
+            let repo = Repo::open(&r.repo, &r.key_file).await?;
+            let reps = hrl_shipper::group::restore_group(&repo, &group, point, &dir).await?;
+            for rep in &reps {
+                if json {
+                    println!("{}", serde_json::to_string(rep).unwrap_or_default());
+                } else {
+                    println!(
+                        "restored disk {} point {} to {} ({:.1}s), every chunk verified",
+                        rep.disk,
+                        rep.point,
+                        rep.target.display(),
+                        rep.seconds
+                    );
+                }
+            }
+            if !json {
+                println!("group {group}: {} members restored into {}", reps.len(), dir.display());
+            }
+            Ok(0)
+        }
+        Cmd::Restore {
+            r,
+            disk,
+            point,
             to,
             json,
+            ..
         } => {
+            let (Some(disk), Some(to)) = (disk, to) else {
+                return Err(ShipError::Usage(
+                    "restore needs --disk and --to (or --group and --to-dir)".into(),
+                ));
+            };
             let repo = Repo::open(&r.repo, &r.key_file).await?;
             let tty = {
                 use std::io::IsTerminal;

@@ -35,6 +35,9 @@ pub struct PointHeader {
     /// Bytes of chunk content the point carried (zero chunks excluded).
     pub data_bytes: u64,
     pub published_ns: u64,
+    /// The consistency-group point this point is a member of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<crate::group::GroupRef>,
 }
 
 pub fn point_key(disk: &Uuid, seq: u64) -> String {

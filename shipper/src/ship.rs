@@ -163,6 +163,8 @@ struct DiskShipper {
     last_published_seq: Option<u64>,
     /// Pack uploads in flight, oldest first (at most [`UPLOADS`]).
     uploads: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>>,
+    /// The Group record just read (it precedes its tag).
+    group: Option<hrl_format::Group>,
 }
 
 /// Pack uploads in flight per disk: enough to keep a remote endpoint busy
@@ -184,6 +186,7 @@ impl DiskShipper {
             last_published_ns: None,
             last_published_seq: None,
             uploads: std::collections::VecDeque::new(),
+            group: None,
         })
     }
 
@@ -273,6 +276,7 @@ impl DiskShipper {
                     self.window
                         .insert(d.offset / f.header.chunk_size as u64, ChunkRef::Zero);
                 }
+                Record::Group(g) => self.group = Some(g),
                 Record::Tag(t) if !t.aborted => {
                     self.publish(repo, known, opts, report, &f.header, &t, f.next).await?;
                 }
@@ -375,6 +379,19 @@ impl DiskShipper {
         crate::failover::check_fence(repo, &self.disk).await?;
         // 3. manifest (once: a re-shipped point after a crash is not written again).
         let key = manifest::point_key(&self.disk, tag.seq);
+        let group = match (tag.group, self.group.take()) {
+            (Some(id), Some(g)) if g.id == id => Some(crate::group::GroupRef {
+                id,
+                name: g.name,
+                seq: g.seq,
+                members: g.members,
+            }),
+            (Some(id), _) => {
+                tracing::warn!(disk = %self.disk, point = tag.seq, group = %id, "tag names a group point but no Group record precedes it: published as a plain point");
+                None
+            }
+            _ => None,
+        };
         if repo.exists(&key).await? {
             report.points_already_published += 1;
         } else {
@@ -432,6 +449,7 @@ impl DiskShipper {
                 new_bytes: self.window_new,
                 data_bytes: self.window_data,
                 published_ns: hrl_format::now_ns(),
+                group: group.clone(),
             };
             let body = manifest::encode(repo, &h, &map);
             report.upload_bytes += body.len() as u64;
@@ -439,6 +457,11 @@ impl DiskShipper {
             report.points_published += 1;
             report.published.push((self.disk, tag.seq));
             tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
+        }
+        // 3b. the group member object, after the manifest it names (again
+        // after a crash: it is idempotent).
+        if let Some(g) = &group {
+            crate::group::publish_member(repo, g, &self.disk, tag.seq).await?;
         }
         self.last_published_ns = Some(tag.time_ns);
         self.last_published_seq = Some(tag.seq);
