@@ -7,6 +7,8 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod failover;
+#[doc(hidden)]
+pub mod fault_proxy;
 pub mod group;
 pub mod manifest;
 pub mod pack;

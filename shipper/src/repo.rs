@@ -67,7 +67,15 @@ pub fn parse_az(url: &str) -> Option<(String, String)> {
 /// variables).
 pub fn store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
     if let Some((container, prefix)) = parse_az(url) {
+        // Per-request timeout: 16 MiB packs on a slow link need more than
+        // object_store's 30 s default; HRL_STORE_TIMEOUT (e.g. "5s")
+        // overrides it (the fault tests use a short one).
+        let timeout = std::env::var("HRL_STORE_TIMEOUT")
+            .ok()
+            .and_then(|v| crate::config::parse_duration(&v).ok())
+            .unwrap_or(std::time::Duration::from_secs(120));
         let az = object_store::azure::MicrosoftAzureBuilder::from_env()
+            .with_client_options(object_store::ClientOptions::new().with_timeout(timeout))
             .with_container_name(&container)
             .with_retry(object_store::RetryConfig {
                 max_retries: 10,

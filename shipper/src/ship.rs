@@ -568,11 +568,13 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
             if !disks.iter().any(|s| s.disk == d) {
                 let mut ds = DiskShipper::new(&opts.spool, d)?;
                 // The RPO the repository already offers, before this
-                // process publishes anything.
-                if let Some(&seq) = manifest::list_points(repo, &d).await?.last() {
-                    let (h, _) = manifest::load(repo, &d, seq).await?;
-                    ds.last_published_ns = Some(h.time_ns);
-                    ds.last_published_seq = Some(seq);
+                // process publishes anything (unknown while the endpoint
+                // fails: it is only shown, never relied on).
+                if let Ok(Some(&seq)) = manifest::list_points(repo, &d).await.as_ref().map(|v| v.last()) {
+                    if let Ok((h, _)) = manifest::load(repo, &d, seq).await {
+                        ds.last_published_ns = Some(h.time_ns);
+                        ds.last_published_seq = Some(seq);
+                    }
                 }
                 disks.push(ds);
             }
