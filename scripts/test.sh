@@ -13,15 +13,18 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "cargo clippy"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 step "azurite"
 trap stop_azurite EXIT
 start_azurite
 
 step "tests"
+# Crash points (the `failpoints` features) are compiled into the test
+# builds only; release builds never carry them.
+features=(--features hrl-agent/failpoints,hrl-shipper/failpoints)
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast "$@"
+    cargo nextest run --workspace --locked --no-fail-fast "${features[@]}" "$@"
 else
-    cargo test --workspace --locked --no-fail-fast "$@"
+    cargo test --workspace --locked --no-fail-fast "${features[@]}" "$@"
 fi

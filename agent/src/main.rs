@@ -301,6 +301,9 @@ fn stop_flag() -> Result<Arc<AtomicBool>, AgentError> {
 }
 
 fn main() -> ExitCode {
+    // FAILPOINTS (crash-matrix tests) only exist in `failpoints` builds.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     use std::io::IsTerminal;
     let cli = Cli::parse();
     let filter = || {

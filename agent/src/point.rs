@@ -123,6 +123,7 @@ impl DiskWorker {
         syncfs(&mount)?;
         self.track()?;
         self.precopy(true, usize::MAX)?;
+        crash_point!("point-before-freeze");
         if let Some(g) = self.guardian.as_mut() {
             g.freezing(max)?;
         }
@@ -151,6 +152,7 @@ impl DiskWorker {
             return self.abort_point(seq, kind, "tracking lost events during the freeze".into());
         }
         let copied = self.copy_all_dirty()?;
+        crash_point!("point-frozen");
         if let Some(cmd) = self.cfg.while_frozen.clone() {
             let left = max.saturating_sub(freeze.elapsed());
             if let Err(e) = run_hook("while-frozen", &cmd, env, left) {
@@ -160,18 +162,21 @@ impl DiskWorker {
         }
         let log = &mut self.log;
         let r = freeze.commit_and_thaw(|frozen| {
-            log.append_unsynced(&Record::Tag(Tag {
+            let r = log.append_unsynced(&Record::Tag(Tag {
                 seq,
                 kind,
                 aborted: false,
                 time_ns: hrl_format::now_ns(),
                 freeze_ns: frozen.as_nanos() as u64,
                 group: None,
-            }))
+            }));
+            crash_point!("point-tag-written");
+            r
         });
         match r {
             Ok((appended, frozen)) => {
                 appended?;
+                crash_point!("point-thawed");
                 self.finish_point(seq, kind, frozen.as_nanos() as u64, copied)
             }
             Err(after) => self.abort_point(

@@ -760,6 +760,9 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
 }
 
 fn main() -> ExitCode {
+    // FAILPOINTS (crash-matrix tests) only exist in `failpoints` builds.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     use std::io::IsTerminal;
     let cli = Cli::parse();
     let filter = || {

@@ -352,8 +352,10 @@ impl DiskShipper {
         // 1. packs, 2. index: durable before the manifest that needs them.
         self.flush_pack(repo, opts, report).await?;
         self.wait_uploads().await?;
+        crash_point!("ship-packs-written");
         if !self.unindexed.is_empty() {
             let key = write_index(repo, &self.unindexed).await?;
+            crash_point!("ship-index-written");
             known.keys.insert(key);
             self.unindexed.clear();
             known.index.extend(self.pending.drain());
@@ -454,6 +456,7 @@ impl DiskShipper {
             let body = manifest::encode(repo, &h, &map);
             report.upload_bytes += body.len() as u64;
             repo.put(&key, body, true).await?;
+            crash_point!("ship-manifest-written");
             report.points_published += 1;
             report.published.push((self.disk, tag.seq));
             tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
@@ -493,11 +496,13 @@ impl DiskShipper {
     /// Saves the cursor durably, then deletes segments wholly before it.
     fn advance(&mut self, opts: &ShipOptions, next: Cursor, report: &mut ShipReport) -> Result<()> {
         save_cursor(&opts.spool, &self.disk, &CursorFile { cursor: next })?;
+        crash_point!("ship-cursor-saved");
         if opts.delete_shipped {
             for s in hrl_format::list_segments(&opts.spool, Some(self.disk))? {
                 if s.seq < next.seq {
                     std::fs::remove_file(&s.path).map_err(|e| ShipError::io(&s.path, "delete shipped segment", e))?;
                     report.segments_deleted += 1;
+                    crash_point!("ship-segment-deleted");
                 }
             }
         }
