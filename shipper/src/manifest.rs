@@ -52,6 +52,11 @@ fn aad(disk: &Uuid, seq: u64) -> Vec<u8> {
 }
 
 pub fn encode(repo: &Repo, h: &PointHeader, map: &BTreeMap<u64, ChunkRef>) -> Vec<u8> {
+    encode_with(&repo.keys, h, map)
+}
+
+/// [`encode`] with the keys only.
+pub fn encode_with(keys: &crate::crypto::Keys, h: &PointHeader, map: &BTreeMap<u64, ChunkRef>) -> Vec<u8> {
     let mut plain = serde_json::to_vec(h).unwrap_or_default();
     plain.push(b'\n');
     plain.reserve(map.len() * 41);
@@ -68,12 +73,29 @@ pub fn encode(repo: &Repo, h: &PointHeader, map: &BTreeMap<u64, ChunkRef>) -> Ve
             }
         }
     }
-    repo.keys.seal_meta(&aad(&h.disk, h.seq), &plain)
+    keys.seal_meta(&aad(&h.disk, h.seq), &plain)
+}
+
+/// Seals `plain` as the manifest of `disk` point `seq` (for the fuzz
+/// target, which feeds arbitrary plaintext to the parser).
+#[doc(hidden)]
+pub fn seal_plain(keys: &crate::crypto::Keys, disk: &Uuid, seq: u64, plain: &[u8]) -> Vec<u8> {
+    keys.seal_meta(&aad(disk, seq), plain)
 }
 
 pub fn decode(repo: &Repo, disk: &Uuid, seq: u64, blob: &[u8]) -> Result<(PointHeader, BTreeMap<u64, ChunkRef>)> {
+    decode_with(&repo.keys, disk, seq, blob)
+}
+
+/// [`decode`] with the keys only (the fuzz target calls it).
+pub fn decode_with(
+    keys: &crate::crypto::Keys,
+    disk: &Uuid,
+    seq: u64,
+    blob: &[u8],
+) -> Result<(PointHeader, BTreeMap<u64, ChunkRef>)> {
     let what = format!("point manifest {}", point_key(disk, seq));
-    let plain = repo.keys.open_meta(&what, &aad(disk, seq), blob)?;
+    let plain = keys.open_meta(&what, &aad(disk, seq), blob)?;
     let nl = plain
         .iter()
         .position(|&b| b == b'\n')

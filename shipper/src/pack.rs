@@ -73,6 +73,30 @@ impl PackBuilder {
 
 /// Reads the trailer of a whole pack (for `check` and re-indexing).
 pub fn read_trailer(repo: &Repo, key: &str, pack_id: &[u8; 32], bytes: &[u8]) -> Result<Vec<(ChunkId, u64, u32)>> {
+    read_trailer_with(&repo.keys, key, pack_id, bytes)
+}
+
+/// Seals a trailer for pack `pack_id` and frames it as the end of a pack
+/// (for the fuzz target).
+#[doc(hidden)]
+pub fn frame_trailer(keys: &crate::crypto::Keys, pack_id: &[u8; 32], body: &[u8], trailer: &[u8]) -> Vec<u8> {
+    let mut aad = b"pack".to_vec();
+    aad.extend_from_slice(pack_id);
+    let sealed = keys.seal_meta(&aad, trailer);
+    let mut out = body.to_vec();
+    out.extend_from_slice(&sealed);
+    out.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
+    out.extend_from_slice(PACK_MAGIC);
+    out
+}
+
+/// [`read_trailer`] with the keys only.
+pub fn read_trailer_with(
+    keys: &crate::crypto::Keys,
+    key: &str,
+    pack_id: &[u8; 32],
+    bytes: &[u8],
+) -> Result<Vec<(ChunkId, u64, u32)>> {
     let n = bytes.len();
     if n < 12 || &bytes[n - 8..] != PACK_MAGIC {
         return Err(ShipError::corrupt(format!("pack {key}"), "no pack trailer magic"));
@@ -86,9 +110,7 @@ pub fn read_trailer(repo: &Repo, key: &str, pack_id: &[u8; 32], bytes: &[u8]) ->
     }
     let mut aad = b"pack".to_vec();
     aad.extend_from_slice(pack_id);
-    let t = repo
-        .keys
-        .open_meta(&format!("pack {key} trailer"), &aad, &bytes[n - 12 - tl..n - 12])?;
+    let t = keys.open_meta(&format!("pack {key} trailer"), &aad, &bytes[n - 12 - tl..n - 12])?;
     if t.len() % 44 != 0 {
         return Err(ShipError::corrupt(
             format!("pack {key}"),
@@ -132,9 +154,22 @@ pub async fn write_index(repo: &Repo, packs: &[PackEntries]) -> Result<String> {
 
 /// Decodes an index object.
 pub fn decode_index(repo: &Repo, key: &str, blob: &[u8]) -> Result<Vec<(ChunkId, Location)>> {
+    decode_index_with(&repo.keys, key, blob)
+}
+
+/// Seals `plain` as index object `key` (for the fuzz target).
+#[doc(hidden)]
+pub fn seal_index_plain(keys: &crate::crypto::Keys, key: &str, plain: &[u8]) -> Vec<u8> {
     let mut aad = b"index".to_vec();
     aad.extend_from_slice(key.as_bytes());
-    let plain = repo.keys.open_meta(&format!("index {key}"), &aad, blob)?;
+    keys.seal_meta(&aad, plain)
+}
+
+/// [`decode_index`] with the keys only.
+pub fn decode_index_with(keys: &crate::crypto::Keys, key: &str, blob: &[u8]) -> Result<Vec<(ChunkId, Location)>> {
+    let mut aad = b"index".to_vec();
+    aad.extend_from_slice(key.as_bytes());
+    let plain = keys.open_meta(&format!("index {key}"), &aad, blob)?;
     let body: Vec<IndexPack> =
         serde_json::from_slice(&plain).map_err(|e| ShipError::corrupt(format!("index {key}"), e.to_string()))?;
     let bad = |w: &str| ShipError::corrupt(format!("index {key}"), format!("bad {w}"));

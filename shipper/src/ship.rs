@@ -137,7 +137,17 @@ fn save_cursor(spool: &Path, disk: &Uuid, c: &CursorFile) -> Result<()> {
     use std::io::Write;
     let p = cursor_path(spool, disk);
     let tmp = spool.join(format!(".{disk}.ship-cursor.tmp"));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| ShipError::io(&tmp, "create", e))?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Spool files are 0600 like the segments they describe.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| ShipError::io(&tmp, "create", e))?
+    };
     f.write_all(&serde_json::to_vec(c).unwrap_or_default())
         .and_then(|_| f.sync_all())
         .map_err(|e| ShipError::io(&tmp, "write cursor", e))?;

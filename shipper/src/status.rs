@@ -83,8 +83,19 @@ pub fn status_path(spool: &Path) -> PathBuf {
 pub fn save(spool: &Path, s: &ShipStatus) -> Result<()> {
     let p = status_path(spool);
     let tmp = spool.join(".hrl-shipper.status.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(s).unwrap_or_default())
-        .map_err(|e| ShipError::io(&tmp, "write status", e))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| ShipError::io(&tmp, "write status", e))?;
+        f.write_all(&serde_json::to_vec_pretty(s).unwrap_or_default())
+            .map_err(|e| ShipError::io(&tmp, "write status", e))?;
+    }
     std::fs::rename(&tmp, &p).map_err(|e| ShipError::io(&p, "rename status", e))
 }
 
