@@ -232,7 +232,9 @@ impl DiskSetup {
 
 /// Spool usage: bytes of `.hrl` files in the spool (all disks), and free
 /// bytes on its filesystem.
-pub fn spool_usage(spool: &Path) -> Result<(u64, u64)> {
+/// Bytes of `.hrl` files in the spool, bytes free on its filesystem, and
+/// the filesystem's size.
+pub fn spool_usage(spool: &Path) -> Result<(u64, u64, u64)> {
     let mut used = 0;
     let rd = std::fs::read_dir(spool).map_err(|e| AgentError::io(spool, "read spool", e))?;
     for e in rd.flatten() {
@@ -242,7 +244,8 @@ pub fn spool_usage(spool: &Path) -> Result<(u64, u64)> {
     }
     let st = nix::sys::statvfs::statvfs(spool).map_err(|e| AgentError::io(spool, "statvfs", e.into()))?;
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
-    Ok((used, free))
+    let total = st.blocks() as u64 * st.fragment_size() as u64;
+    Ok((used, free, total))
 }
 
 /// The per-disk worker.
@@ -267,6 +270,9 @@ pub struct DiskWorker {
     resume: DiskMode,
     spool_used: u64,
     spool_free: u64,
+    /// Free space kept on the spool's filesystem: 64 MiB, or an eighth of
+    /// a small filesystem.
+    spool_margin: u64,
     spool_checked: Instant,
     last_sync: Instant,
     last_save: Instant,
@@ -377,6 +383,7 @@ impl DiskWorker {
             resume: mode,
             spool_used: 0,
             spool_free: u64::MAX,
+            spool_margin: 64 << 20,
             spool_checked: now - Duration::from_secs(10),
             last_sync: now,
             last_save: now,
@@ -434,7 +441,7 @@ impl DiskWorker {
     /// Whether `bytes` more captured data would cross the high-water mark.
     fn spool_full(&self, bytes: u64) -> bool {
         let high = self.agent.spool_limit / 10 * 9;
-        self.spool_used + bytes > high || self.spool_free < bytes + (64 << 20)
+        self.spool_used + bytes > high || self.spool_free < bytes + self.spool_margin
     }
 
     fn enter_bitmap(&mut self) -> Result<()> {
@@ -451,13 +458,16 @@ impl DiskWorker {
             return Ok(());
         }
         self.spool_checked = Instant::now();
-        let (used, free) = spool_usage(&self.agent.spool)?;
+        let (used, free, total) = spool_usage(&self.agent.spool)?;
         self.spool_used = used;
         self.spool_free = free;
+        self.spool_margin = (64u64 << 20).min(total / 8);
         if self.mode == DiskMode::Bitmap {
             let low = self.agent.spool_limit / 10 * 7;
-            if used < low && free > (256 << 20) {
-                tracing::info!(disk = %self.name, spool = used, "spool below low-water: capturing data again");
+            // Resume with room for more than a burst: twice the margin
+            // (on a small spool filesystem, a quarter of it).
+            if used < low && free > 2 * self.spool_margin + (4 << 20) {
+                tracing::info!(disk = %self.name, spool = used, free, "spool below low-water: capturing data again");
                 let r = self.resume;
                 self.set_mode(r)?;
             }
@@ -505,6 +515,8 @@ impl DiskWorker {
                 self.counters.data_records += 1;
                 let n = rec.payload_len() as u64 + 12;
                 self.spool_used += n;
+                // Until the next statvfs, assume the bytes took free space.
+                self.spool_free = self.spool_free.saturating_sub(n);
                 appended += n;
             }
         }
@@ -667,12 +679,28 @@ impl DiskWorker {
             }
             if self.last_sync.elapsed() >= Duration::from_secs(1) {
                 self.sync_log()?;
+                self.check_size()?;
             }
             self.log.tick()?;
             self.update_status();
             if !busy {
                 std::thread::sleep(Duration::from_millis(10));
             }
+        }
+        Ok(())
+    }
+
+    /// A device that changed size (or vanished: size 0, or it cannot be
+    /// opened) stops the disk with a clear error; the restart that follows
+    /// resyncs at the new size.
+    fn check_size(&mut self) -> Result<()> {
+        let now = self.dev.current_size().unwrap_or(0);
+        if now != self.dev.size {
+            return Err(AgentError::DeviceChanged {
+                device: self.dev.path.clone(),
+                old: self.dev.size,
+                new: now,
+            });
         }
         Ok(())
     }

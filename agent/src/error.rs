@@ -30,6 +30,8 @@ pub enum AgentError {
     Tracefs(String),
     #[error("trace buffer: {0}")]
     RingBuffer(String),
+    #[error("{device}: its size changed from {old} to {new} bytes while tracked (resized, or removed); this disk stopped so nothing is captured against a stale size: restart the agent to resync it at the new size")]
+    DeviceChanged { device: PathBuf, old: u64, new: u64 },
     #[error("{0}")]
     Config(String),
 }

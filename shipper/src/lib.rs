@@ -26,6 +26,7 @@ pub mod failover;
 #[doc(hidden)]
 pub mod fault_proxy;
 pub mod group;
+pub mod journal;
 pub mod manifest;
 pub mod pack;
 pub mod prune;

@@ -207,6 +207,10 @@ enum Cmd {
         /// Wait after taking the lock so shippers mid-publish finish.
         #[arg(long, value_parser = parse_duration, default_value = "30s")]
         grace: std::time::Duration,
+        /// Never delete packs younger than this (unpublished windows of
+        /// running shippers may use them).
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        pack_grace: std::time::Duration,
         #[arg(long)]
         json: bool,
     },
@@ -697,6 +701,7 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
             keep_daily,
             dry_run,
             grace,
+            pack_grace,
             json,
         } => {
             let repo = Repo::open(&r.repo, &r.key_file).await?;
@@ -708,6 +713,7 @@ async fn main_async(cli: Cli) -> Result<u8, ShipError> {
                 },
                 dry_run,
                 grace,
+                pack_grace,
             };
             let rep = hrl_shipper::prune::prune(&repo, &opts).await?;
             if json {

@@ -11,7 +11,9 @@
 //! delete manifests    of removed points
 //! index               one consolidated index of the packs still needed,
 //!                     written before the old index objects are deleted
-//! delete packs        indexed packs no kept point references; packs in no
+//! delete packs        indexed packs no kept point references and older than
+//!                     --pack-grace (default 24 h: a shipper's window journal
+//!                     may hold them before any manifest does); packs in no
 //!                     index only when older than a day (a crashed shipper's
 //!                     leftovers, never a live shipper's pack in flight)
 //! release the lock
@@ -98,6 +100,9 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// Wait after taking the lock, for shippers mid-publish.
     pub grace: Duration,
+    /// Packs younger than this are never deleted: a shipper's window
+    /// journal may reference them before any manifest does.
+    pub pack_grace: Duration,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -294,7 +299,7 @@ async fn prune_locked(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
     for (key, size, age) in stored {
         let indexed = indexed_keys.contains(&key);
         let needed = live_keys.contains(&key);
-        if needed || (!indexed && age < Duration::from_secs(86_400)) {
+        if needed || age < opts.pack_grace || (!indexed && age < Duration::from_secs(86_400)) {
             continue;
         }
         doomed.push((key, size));

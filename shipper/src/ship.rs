@@ -132,6 +132,16 @@ fn load_cursor(spool: &Path, disk: &Uuid) -> Result<Cursor> {
     }
 }
 
+/// Where to follow from: after the window journal when there is one newer
+/// than the published cursor (with its window), else the published cursor.
+fn resume_point(spool: &Path, disk: &Uuid) -> Result<(Cursor, crate::journal::Spilled)> {
+    let c = load_cursor(spool, disk)?;
+    Ok(match crate::journal::load(spool, disk, c)? {
+        Some(j) => (j.cursor, j),
+        None => (c, crate::journal::Spilled::default()),
+    })
+}
+
 /// Writes the cursor atomically and durably.
 fn save_cursor(spool: &Path, disk: &Uuid, c: &CursorFile) -> Result<()> {
     use std::io::Write;
@@ -175,6 +185,8 @@ struct DiskShipper {
     uploads: std::collections::VecDeque<tokio::task::JoinHandle<Result<()>>>,
     /// The Group record just read (it precedes its tag).
     group: Option<hrl_format::Group>,
+    /// Window entries read since the last journal append.
+    window_log: Vec<(u64, ChunkRef)>,
 }
 
 /// Pack uploads in flight per disk: enough to keep a remote endpoint busy
@@ -183,13 +195,13 @@ const UPLOADS: usize = 4;
 
 impl DiskShipper {
     fn new(spool: &Path, disk: Uuid) -> Result<Self> {
-        let c = load_cursor(spool, &disk)?;
+        let (start, j) = resume_point(spool, &disk)?;
         Ok(DiskShipper {
             disk,
-            follower: Follower::new(spool, disk, c),
-            window: BTreeMap::new(),
-            window_data: 0,
-            window_new: 0,
+            follower: Follower::new(spool, disk, start),
+            window: j.map,
+            window_data: j.data_bytes,
+            window_new: j.new_bytes,
             pack: PackBuilder::new(),
             unindexed: Vec::new(),
             pending: HashMap::new(),
@@ -197,6 +209,7 @@ impl DiskShipper {
             last_published_seq: None,
             uploads: std::collections::VecDeque::new(),
             group: None,
+            window_log: Vec::new(),
         })
     }
 
@@ -283,8 +296,9 @@ impl DiskShipper {
                 Record::Data(d) => {
                     report.data_records += 1;
                     report.zero_chunks += 1;
-                    self.window
-                        .insert(d.offset / f.header.chunk_size as u64, ChunkRef::Zero);
+                    let idx = d.offset / f.header.chunk_size as u64;
+                    self.window.insert(idx, ChunkRef::Zero);
+                    self.window_log.push((idx, ChunkRef::Zero));
                 }
                 Record::Group(g) => self.group = Some(g),
                 Record::Tag(t) if !t.aborted => {
@@ -295,6 +309,11 @@ impl DiskShipper {
                 // than at the next point.
                 Record::Seal(_) if self.window.is_empty() && self.pack.is_empty() => {
                     self.advance(opts, f.next, report)?;
+                }
+                // A finished segment inside an unpublished window: journal
+                // the window so the segment can go (see journal.rs).
+                Record::Seal(_) if opts.delete_shipped => {
+                    self.spill(repo, known, opts, report, f.next).await?;
                 }
                 _ => {}
             }
@@ -344,6 +363,7 @@ impl DiskShipper {
             report.data_bytes += data.len() as u64;
             self.window_data += data.len() as u64;
             self.window.insert(idx, ChunkRef::Stored(id));
+            self.window_log.push((idx, ChunkRef::Stored(id)));
         }
         Ok(())
     }
@@ -385,6 +405,21 @@ impl DiskShipper {
                 tracing::warn!(disk = %self.disk, point = tag.seq, missing, "prune removed chunks this point uses: shipping it again from the cursor");
                 self.reset(&opts.spool)?;
                 report.points_reshipped += 1;
+                // What the window journal holds cannot be read again from
+                // the spool: if prune took any of it, say so plainly.
+                let lost = self
+                    .window
+                    .values()
+                    .filter(|r| matches!(r, ChunkRef::Stored(id) if !known.index.contains_key(id)))
+                    .count();
+                if lost > 0 {
+                    return Err(ShipError::Point {
+                        disk: self.disk.to_string(),
+                        why: format!(
+                            "{lost} chunks of the journaled (not yet published) window were pruned; prune keeps packs younger than --pack-grace for this reason. Restart the agent for this disk: its resync sends the data again"
+                        ),
+                    });
+                }
                 return Ok(());
             }
         }
@@ -479,20 +514,61 @@ impl DiskShipper {
         self.last_published_ns = Some(tag.time_ns);
         self.last_published_seq = Some(tag.seq);
         self.window.clear();
+        self.window_log.clear();
         self.window_data = 0;
         self.window_new = 0;
-        // 4. cursor, 5. delete what is wholly shipped.
-        self.advance(opts, next, report)
+        // 4. cursor, 5. delete what is wholly shipped, then the journal of
+        // the window just published.
+        self.advance(opts, next, report)?;
+        crate::journal::remove(&opts.spool, &self.disk)
+    }
+
+    /// Makes the unpublished window durable (packs, index, journal) so
+    /// the segments before `next` can be deleted before the point's tag.
+    async fn spill(
+        &mut self,
+        repo: &Repo,
+        known: &mut Known,
+        opts: &ShipOptions,
+        report: &mut ShipReport,
+        next: Cursor,
+    ) -> Result<()> {
+        self.flush_pack(repo, opts, report).await?;
+        self.wait_uploads().await?;
+        if !self.unindexed.is_empty() {
+            let key = write_index(repo, &self.unindexed).await?;
+            known.keys.insert(key);
+            self.unindexed.clear();
+            known.index.extend(self.pending.drain());
+        }
+        crate::journal::append(
+            &opts.spool,
+            &self.disk,
+            &self.window_log,
+            next,
+            self.window_data,
+            self.window_new,
+        )?;
+        crash_point!("ship-window-journaled");
+        self.window_log.clear();
+        for s in hrl_format::list_segments(&opts.spool, Some(self.disk))? {
+            if s.seq < next.seq {
+                std::fs::remove_file(&s.path).map_err(|e| ShipError::io(&s.path, "delete journaled segment", e))?;
+                report.segments_deleted += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Forgets everything since the last published point and follows the
     /// spool again from the saved cursor.
     fn reset(&mut self, spool: &Path) -> Result<()> {
-        let c = load_cursor(spool, &self.disk)?;
-        self.follower = Follower::new(spool, self.disk, c);
-        self.window.clear();
-        self.window_data = 0;
-        self.window_new = 0;
+        let (start, j) = resume_point(spool, &self.disk)?;
+        self.follower = Follower::new(spool, self.disk, start);
+        self.window = j.map;
+        self.window_log.clear();
+        self.window_data = j.data_bytes;
+        self.window_new = j.new_bytes;
         self.pending.clear();
         self.unindexed.clear();
         self.pack = PackBuilder::new();

@@ -277,6 +277,7 @@ async fn prune_beside_a_running_shipper_keeps_every_kept_point_restorable(backen
             },
             dry_run: false,
             grace: std::time::Duration::from_millis(300),
+            pack_grace: std::time::Duration::ZERO,
         },
     )
     .await
@@ -452,11 +453,20 @@ async fn a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk(backe
     let mut o = ShipOptions::new(&spool);
     o.once = true;
     ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
-    // Flip one byte in the middle of the largest pack.
-    let packs = repo.list("packs").await.unwrap();
-    let (key, size) = packs.iter().max_by_key(|(_, s)| *s).unwrap().clone();
+    // Flip one byte in the middle of a chunk the last point uses.
+    let last = *points.last().unwrap();
+    let (_, map) = hrl_shipper::manifest::full_map(&repo, &disk, last).await.unwrap();
+    let index = repo.load_index().await.unwrap();
+    let loc = map
+        .values()
+        .find_map(|r| match r {
+            hrl_shipper::manifest::ChunkRef::Stored(id) => index.get(id).copied(),
+            _ => None,
+        })
+        .unwrap();
+    let key = hrl_shipper::repo::pack_key(&loc.pack);
     let mut b = repo.get(&key).await.unwrap().to_vec();
-    b[(size / 3) as usize] ^= 0x10;
+    b[(loc.offset + loc.len as u64 / 2) as usize] ^= 0x10;
     repo.put(&key, b, false).await.unwrap();
     let target = e.root.join("img");
     let err = restore(&repo, &disk, PointSel::Seq(*points.last().unwrap()), &target, false)

@@ -94,6 +94,7 @@ mod matrix {
             "ship-manifest-written",
             "ship-cursor-saved",
             "ship-segment-deleted",
+            "ship-window-journaled",
         ] {
             let dir = tempfile::tempdir().unwrap();
             let sp = dir.path().join("spool");
