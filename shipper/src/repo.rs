@@ -122,7 +122,10 @@ pub fn store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
 /// others can read.
 pub fn read_key_file(path: &Path) -> Result<[u8; 32]> {
     use std::os::unix::fs::PermissionsExt;
-    let md = std::fs::metadata(path).map_err(|e| ShipError::io(path, "read key file", e))?;
+    let md = std::fs::metadata(path).map_err(|e| ShipError::KeyFile {
+        path: path.into(),
+        why: format!("cannot be read: {e}"),
+    })?;
     if md.permissions().mode() & 0o077 != 0 {
         return Err(ShipError::KeyFile {
             path: path.into(),

@@ -355,9 +355,13 @@ fn open_range(
     let mut out = Vec::with_capacity(items.len());
     for &(loc, idx, id) in items {
         let a = (loc.offset - start) as usize;
-        let blob = bytes
-            .get(a..a + loc.len as usize)
-            .ok_or_else(|| format!("pack {key} is shorter than its index says"))?;
+        let blob = bytes.get(a..a + loc.len as usize).ok_or_else(|| {
+            format!(
+                "chunk {} (device offset {}): pack {key} is shorter than its index says",
+                hex::encode(id),
+                idx * csize
+            )
+        })?;
         let plain = repo
             .keys
             .open_chunk(&id, blob)
