@@ -23,8 +23,14 @@ step "tests"
 # Crash points (the `failpoints` features) are compiled into the test
 # builds only; release builds never carry them.
 features=(--features hrl-agent/failpoints,hrl-shipper/failpoints)
+# The soak runs 40 s here; scripts/reliability.sh runs it for 10 minutes.
+rc=0
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --locked --no-fail-fast "${features[@]}" "$@"
+    cargo nextest run --workspace --locked --no-fail-fast "${features[@]}" "$@" || rc=$?
 else
-    cargo test --workspace --locked --no-fail-fast "${features[@]}" "$@"
+    cargo test --workspace --locked --no-fail-fast "${features[@]}" "$@" || rc=$?
 fi
+
+step "fuzz targets, 10 s each (scripts/reliability.sh runs them longer)"
+bash scripts/fuzz.sh 10 || rc=1
+exit $rc

@@ -164,6 +164,18 @@ fn a_full_spool_filesystem_means_bitmap_mode_not_a_crash_and_the_next_point_is_e
         peak >> 20,
         size >> 20
     );
+    hrl_format::testutil::reliability_report(
+        "full spool filesystem",
+        1,
+        1,
+        1,
+        0,
+        &format!(
+            "bitmap mode, peak {} of {} MiB, drained by the shipper, next point exact",
+            peak >> 20,
+            size >> 20
+        ),
+    );
 }
 
 #[test]

@@ -135,3 +135,19 @@ pub fn sample_records() -> Vec<Record> {
 
 /// The disk id the fixtures use.
 pub const FIXTURE_DISK: Uuid = Uuid::from_u128(0x9d1c_58a2_6f3e_4b7a_8c21_0e5f_d4a3_b6c7);
+
+/// Appends one result line (JSON) to the file named by
+/// `HRL_RELIABILITY_REPORT`, for `scripts/reliability.sh`'s table. Tests
+/// call it after their last assertion, so a line means the test passed.
+pub fn reliability_report(test: &str, runs: u64, faults: u64, verified: u64, lost: u64, note: &str) {
+    let Ok(path) = std::env::var("HRL_RELIABILITY_REPORT") else {
+        return;
+    };
+    let line = serde_json::json!({
+        "test": test, "runs": runs, "faults": faults, "verified": verified, "lost": lost, "note": note,
+    });
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{line}");
+    }
+}

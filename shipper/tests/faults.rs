@@ -198,3 +198,5 @@ async fn shipping_through_endpoint_faults_loses_nothing_and_lag_recovers() {
         std::fs::remove_file(&got).unwrap();
     }
 }
+#[allow(dead_code)]
+fn _end() {}

@@ -221,6 +221,14 @@ fn keys_are_checked_and_loose_or_missing_ones_refused() {
         2,
         &["readable by others"],
     );
+    hrl_format::testutil::reliability_report(
+        "wrong, missing, loose key",
+        3,
+        3,
+        0,
+        0,
+        "exit 2 naming the key file; keys created 0600",
+    );
 }
 
 #[test]
@@ -328,6 +336,14 @@ fn damaged_repository_objects_are_clear_errors_that_change_nothing() {
         || e.restore(&e.disk, "1"),
         1,
         &[&format!("chunk {}", hex::encode(a)), "incomplete"],
+    );
+    hrl_format::testutil::reliability_report(
+        "damaged repository objects (6 kinds, CLI)",
+        6,
+        6,
+        0,
+        0,
+        "truncated/moved manifest, flipped index, truncated pack, forged index: exit 1 naming the object, repository unchanged",
     );
 }
 
