@@ -160,7 +160,7 @@ mod matrix {
                 hrl_format::list_segments(&sp, None).unwrap().is_empty(),
                 "{fp}: shipped segments are all deleted in the end"
             );
-            total_crashes += crashes as u64;
+            total_crashes += crashes;
             lines.push(format!("{fp}: {crashes} crashes, {POINTS} points exact"));
         }
         eprintln!("crash matrix (shipper): {}", lines.join("; "));
