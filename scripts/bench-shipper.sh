@@ -61,6 +61,7 @@ export RESTIC_PASSWORD=bench-only-password RESTIC_CACHE_DIR="$work/restic-cache"
 restic init --repo "$work/restic-repo" -q
 
 step "initial: hrl ship vs restic backup of the same image"
+sync
 t0=$(now); "$bin/hrl-shipper" run --once --repo "file://$work/hrl-repo" --key-file "$work/key" --spool "$work/spool" 2>/dev/null; t1=$(now)
 hrl_ship=$(secs "$t0" "$t1")
 t0=$(now); restic backup --repo "$work/restic-repo" -q "$work/disk.img"; t1=$(now)
@@ -86,9 +87,13 @@ restic_incr=$(secs "$t0" "$t1")
 kill -TERM "$apid"; wait "$apid" || true; apid=""
 
 step "restore of the latest point vs restic restore"
+# Both restores are timed until their data is on disk: hrl restore fsyncs
+# its target; a `sync` ends restic's timing (whatever it syncs itself).
+sync
 t0=$(now); "$bin/hrl-shipper" restore --repo "file://$work/hrl-repo" --key-file "$work/key" --disk "$disk" --to "$work/hrl-restore.img" >/dev/null; t1=$(now)
 hrl_restore=$(secs "$t0" "$t1")
-t0=$(now); restic restore latest --repo "$work/restic-repo" -q --target "$work/restic-restore"; t1=$(now)
+sync
+t0=$(now); restic restore latest --repo "$work/restic-repo" -q --target "$work/restic-restore"; sync; t1=$(now)
 restic_restore=$(secs "$t0" "$t1")
 cmp "$work/hrl-restore.img" "$loop" && echo "hrl restore is identical to the device"
 rm -rf "$work/hrl-restore.img" "$work/restic-restore"

@@ -21,7 +21,7 @@ export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-co
 -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
 step "build fuzz targets ($triple)"
 # --target keeps the instrumentation off build scripts and proc macros.
-(cd fuzz && cargo build --release --locked --target "$triple" --target-dir "$out/build" \
+(cd fuzz && cargo build --release --target "$triple" --target-dir "$out/build" \
     $(printf -- '--bin %s ' "${targets[@]}"))
 failed=0
 printf '%-16s %12s %10s %8s\n' target runs corpus crashes | tee "$out/summary.txt"

@@ -244,4 +244,96 @@ fn a_device_that_shrinks_to_nothing_stops_the_disk_with_a_clear_error() {
         t.elapsed().as_secs_f64(),
         dev.path.display()
     );
+    hrl_format::testutil::reliability_report(
+        "tracked device vanishes (shrinks to 0)",
+        1,
+        1,
+        0,
+        0,
+        &format!(
+            "exit 1 naming the device after {:.1}s; spool segments verify",
+            t.elapsed().as_secs_f64()
+        ),
+    );
+}
+
+#[test]
+fn a_grown_device_stops_the_disk_and_the_restart_resyncs_to_an_exact_point() {
+    if !require_root("a_grown_device_stops_the_disk_and_the_restart_resyncs_to_an_exact_point") {
+        return;
+    }
+    let dev = LoopDev::new(64 * MIB, false);
+    mkfs("ext4", &dev.path);
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let spool = work.path().join("spool");
+    let shas = work.path().join("shas");
+    std::fs::create_dir_all(&shas).unwrap();
+    let hook = sha_hook(&shas);
+    let args = [
+        "--name",
+        "grow",
+        "--point-interval",
+        "0",
+        "--while-frozen",
+        hook.as_str(),
+    ];
+    let mut m = Mount::new(&dev.path);
+    let mut a = Agent::run(&dev.path, &spool, &args);
+    let first = a.point("grow", false)["seq"].as_u64().unwrap();
+    // The device grows by half (as a cloud disk resized online would).
+    std::fs::File::options()
+        .write(true)
+        .open(&dev.backing)
+        .unwrap()
+        .set_len(96 * MIB)
+        .unwrap();
+    run("losetup", &["-c", dev.path.to_str().unwrap()]);
+    let t = Instant::now();
+    while a.status().is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "the agent kept capturing against the old size"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.kill9(); // reap the exited process
+               // Restarted (as systemd would), it resyncs at the new size.
+    let mut a = Agent::run(&dev.path, &spool, &args);
+    std::fs::write(m.path().join("after"), vec![3u8; 5 << 20]).unwrap();
+    run("sync", &[]);
+    let r = a.point("grow", false);
+    assert_eq!(r["ok"], true, "{r}");
+    let seq = r["seq"].as_u64().unwrap();
+    assert_eq!(a.stop(), 0);
+    m.umount();
+    let key = work.path().join("key");
+    create_key_file(&key).unwrap();
+    let url = format!("file://{}", work.path().join("repo").display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let repo = Repo::init(&url, &key, 65536, 4 << 20, 8).await.unwrap();
+        let mut o = ShipOptions::new(&spool);
+        o.once = true;
+        ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+        let disk = hrl_shipper::manifest::list_disks(&repo).await.unwrap()[0];
+        for (p, size) in [(first, 64 * MIB), (seq, 96 * MIB)] {
+            let img = work.path().join(format!("p{p}.img"));
+            let rep = restore(&repo, &disk, PointSel::Seq(p), &img, false).await.unwrap();
+            assert_eq!(rep.device_size, size, "point {p}");
+            let got = run("sha256sum", &[img.to_str().unwrap()]);
+            let want = std::fs::read_to_string(shas.join(p.to_string())).unwrap();
+            assert_eq!(got.split_whitespace().next().unwrap(), want.trim(), "point {p}");
+        }
+    });
+    eprintln!(
+        "device grown 64 -> 96 MiB: disk stopped, restart resynced, points {first} (64 MiB) and {seq} (96 MiB) exact"
+    );
+    hrl_format::testutil::reliability_report(
+        "tracked device grows",
+        1,
+        1,
+        2,
+        0,
+        "the disk stops with an error; the restart resyncs; points before and after exact at their sizes",
+    );
 }

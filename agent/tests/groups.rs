@@ -266,6 +266,14 @@ fn group_points_are_consistent_across_two_agents() {
     eprintln!(
         "10 group points, both members restored to their frozen hashes; (A, B) last records: {pairs:?}; {written} records written; window ms {windows:.1?}"
     );
+    hrl_format::testutil::reliability_report(
+        "group points across two agents",
+        10,
+        0,
+        20,
+        0,
+        "every member image equals its frozen hash; B's last record never ahead of A's",
+    );
     assert!(
         pairs.iter().any(|&(x, _)| x > 0),
         "the workload wrote during the points"
@@ -365,4 +373,146 @@ fn losing_the_coordinator_or_a_member_mid_point_thaws_and_publishes_nothing_part
         "group points in the repository: {} (all incomplete, none restorable)",
         groups.len()
     );
+    hrl_format::testutil::reliability_report(
+        "group: coordinator and member killed mid-point",
+        2,
+        2,
+        0,
+        0,
+        &format!(
+            "longest write stall {:.0} ms then {:.0} ms (max_freeze 3 s); no partial group point restorable",
+            stall_coordinator.as_secs_f64() * 1e3,
+            stall_member.as_secs_f64() * 1e3
+        ),
+    );
+}
+
+/// Two disks of one agent in one group (from a config file): one freeze
+/// window for both filesystems of the same process.
+#[test]
+fn two_disks_of_one_agent_take_consistent_group_points() {
+    if !require_root("two_disks_of_one_agent_take_consistent_group_points") {
+        return;
+    }
+    let work = tempfile::tempdir_in("/dev/shm").unwrap();
+    let gkey = work.path().join("group.key");
+    run(agent_bin(), &["group-key", gkey.to_str().unwrap()]);
+    let (da, db) = (LoopDev::new(96 * MIB, false), LoopDev::new(96 * MIB, false));
+    mkfs("ext4", &da.path);
+    mkfs("ext4", &db.path);
+    let (ma, mb) = (Mount::new(&da.path), Mount::new(&db.path));
+    let spool = work.path().join("spool");
+    let (sha_a, sha_b) = (work.path().join("shas-a"), work.path().join("shas-b"));
+    std::fs::create_dir_all(&sha_a).unwrap();
+    std::fs::create_dir_all(&sha_b).unwrap();
+    let addr = free_port();
+    let cfg = work.path().join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "spool = {spool:?}\npoint_interval = \"0\"\nmax_freeze = \"5s\"\nmetrics_listen = \"\"\n\
+             [group]\nname = \"app\"\nlisten = {addr:?}\nkey_file = {gkey:?}\n\
+             [[disk]]\nname = \"a\"\ndevice = {:?}\nwhile_frozen = {:?}\n\
+             [[disk]]\nname = \"b\"\ndevice = {:?}\nwhile_frozen = {:?}\n",
+            da.path,
+            sha_hook(&sha_a),
+            db.path,
+            sha_hook(&sha_b)
+        ),
+    )
+    .unwrap();
+    let child = Command::new(agent_bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent {
+        child: Some(child),
+        spool: spool.clone(),
+    };
+    let t = Instant::now();
+    loop {
+        let o = Command::new(agent_bin())
+            .args(["status", "--json", "--spool", spool.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+        let disks = v["disks"].as_array().cloned().unwrap_or_default();
+        if disks.len() == 2 && disks.iter().all(|d| d["mode"] == "data") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "both disks in data mode: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let w = Workload::start(ma.path(), mb.path());
+    let m = Member {
+        dev: da,
+        mount: ma,
+        spool: spool.clone(),
+        shas: sha_a.clone(),
+        addr: addr.clone(),
+        agent: None,
+    };
+    let c = coordinator(
+        &gkey,
+        &[&m],
+        &["--interval", "600ms", "--count", "5", "--deadline", "3s"],
+    );
+    let out = c.wait_with_output().unwrap();
+    w.finish();
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        results.len() == 5 && results.iter().all(|r| r["ok"] == true && r["members"] == 2),
+        "{results:?}"
+    );
+    assert_eq!(agent.stop(), 0);
+    let rkey = work.path().join("repo.key");
+    create_key_file(&rkey).unwrap();
+    let url = format!("file://{}", work.path().join("repo").display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(Repo::init(&url, &rkey, 65536, 4 << 20, 8)).unwrap();
+    ship_all(&url, &rkey, &[&spool]);
+    let repo = rt.block_on(Repo::open(&url, &rkey)).unwrap();
+    let groups = rt.block_on(hrl_shipper::group::list(&repo, "app")).unwrap();
+    assert_eq!(groups.len(), 5);
+    let id_a = disk_id(&spool, "a");
+    for g in &groups {
+        assert!(g.complete, "{g:?}");
+        let dir = work.path().join(format!("r-{}", g.seq));
+        let reps = rt
+            .block_on(hrl_shipper::group::restore_group(
+                &repo,
+                "app",
+                PointSel::Seq(g.seq),
+                &dir,
+            ))
+            .unwrap();
+        let mut last = [0u64; 2];
+        for rep in &reps {
+            let which = usize::from(rep.disk != id_a);
+            let shas = if which == 0 { &sha_a } else { &sha_b };
+            let want = std::fs::read_to_string(shas.join(rep.point.to_string())).unwrap();
+            assert_eq!(
+                sha256_file(&rep.target),
+                want.trim(),
+                "group point {} disk {which}",
+                g.seq
+            );
+            last[which] = last_record(&rep.target);
+        }
+        assert!(
+            last[1] <= last[0],
+            "group point {}: B {} ahead of A {}",
+            g.seq,
+            last[1],
+            last[0]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    drop(m);
+    eprintln!("one agent, two disks: 5 group points, both images exact, order kept");
 }

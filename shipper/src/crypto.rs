@@ -20,6 +20,14 @@ pub fn random<const N: usize>() -> [u8; N] {
     b
 }
 
+/// Bytes of a chunk compressed to decide whether the rest is worth it.
+const PROBE: usize = 4096;
+
+/// Whether lz4 makes `sample` smaller by at least 1/32.
+fn shrinks(sample: &[u8]) -> bool {
+    lz4_flex::compress(sample).len() < sample.len() - sample.len() / 32
+}
+
 /// The keys derived from a repository's master key.
 #[derive(Clone)]
 pub struct Keys {
@@ -54,9 +62,16 @@ impl Keys {
     /// Seals a chunk: `nonce ‖ AEAD(flag ‖ bytes)`, aad = chunk id. lz4 is
     /// used only when it makes the chunk smaller.
     pub fn seal_chunk(&self, id: &ChunkId, plaintext: &[u8]) -> Vec<u8> {
-        let comp = lz4_flex::compress_prepend_size(plaintext);
+        // Incompressible data (already compressed or encrypted files) is
+        // common on disks; compressing a 4 KiB sample first skips lz4 over
+        // the whole chunk when the sample does not shrink at all.
+        let comp = if plaintext.len() >= 16 << 10 && !shrinks(&plaintext[..PROBE]) {
+            Vec::new()
+        } else {
+            lz4_flex::compress_prepend_size(plaintext)
+        };
         let mut body = Vec::with_capacity(plaintext.len() + 1);
-        if comp.len() < plaintext.len() {
+        if !comp.is_empty() && comp.len() < plaintext.len() {
             body.push(1);
             body.extend_from_slice(&comp);
         } else {

@@ -329,6 +329,20 @@ async fn prune_beside_a_running_shipper_keeps_every_kept_point_restorable(backen
         left.len(),
         c.chunks_read
     );
+    hrl_format::testutil::reliability_report(
+        &format!(
+            "prune beside a running shipper ({})",
+            if backend == Backend::Local { "local" } else { "Azurite" }
+        ),
+        1,
+        rep.points_removed,
+        left.len() as u64,
+        0,
+        &format!(
+            "{} points and {} packs removed, {} points re-shipped by the shipper, every kept point byte-identical",
+            rep.points_removed, rep.packs_deleted, ship_rep.points_reshipped
+        ),
+    );
 }
 
 async fn every_point_of_several_disks_restores_identical_to_replay_and_dedup_stores_once(backend: Backend) {

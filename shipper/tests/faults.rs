@@ -197,6 +197,15 @@ async fn shipping_through_endpoint_faults_loses_nothing_and_lag_recovers() {
         std::fs::remove_file(&want).unwrap();
         std::fs::remove_file(&got).unwrap();
     }
+    hrl_format::testutil::reliability_report(
+        "endpoint faults (Azurite via the fault proxy)",
+        faults.requests,
+        faults.faults(),
+        (1..=points).step_by(7).count() as u64 + 1,
+        0,
+        &format!(
+            "500, 503+Retry-After, resets, stalls, truncated bodies; {points} points published once each; all out {:.1}s after the faults stopped",
+            recovered.as_secs_f64()
+        ),
+    );
 }
-#[allow(dead_code)]
-fn _end() {}
