@@ -144,7 +144,7 @@ fn soak_with_kills_and_endpoint_faults_loses_nothing() {
                     .unwrap();
                 f.sync_all().unwrap();
                 i += 1;
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(Duration::from_millis(50));
             }
             i
         })
@@ -152,6 +152,7 @@ fn soak_with_kills_and_endpoint_faults_loses_nothing() {
     let t0 = Instant::now();
     let mut next_kill = t0 + kill_every;
     let (mut agent_kills, mut shipper_kills) = (0u32, 0u32);
+    let mut shipper_exits: Vec<String> = Vec::new();
     let (mut max_rpo, mut max_freeze, mut spool_high) = (0f64, 0f64, 0u64);
     while t0.elapsed() < Duration::from_secs(secs) {
         std::thread::sleep(Duration::from_millis(250));
@@ -163,6 +164,14 @@ fn soak_with_kills_and_endpoint_faults_loses_nothing() {
             for d in st.disks.values() {
                 max_rpo = max_rpo.max(d.rpo_seconds.unwrap_or(0.0));
             }
+        }
+        // A shipper that stopped by itself is a finding: keep its log, and
+        // restart it as systemd would so the soak goes on.
+        if let Some(st) = ship.try_wait().unwrap() {
+            let log = std::fs::read_to_string(&slog).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(12).collect();
+            shipper_exits.push(format!("{st}: {}", tail.join(" | ")));
+            ship = start_shipper(&shipper, &url, &key, &spool, &proxy_url, &slog);
         }
         if Instant::now() >= next_kill {
             next_kill = Instant::now() + kill_every;
@@ -186,7 +195,24 @@ fn soak_with_kills_and_endpoint_faults_loses_nothing() {
         let _ = f.kill();
         let _ = f.wait();
     }
-    agent.wait_mode("data", Duration::from_secs(120));
+    assert!(
+        shipper_exits.is_empty(),
+        "the shipper stopped by itself: {shipper_exits:#?}"
+    );
+    let t = Instant::now();
+    while !agent.status().is_some_and(|s| s["mode"] == "data") {
+        if t.elapsed() > Duration::from_secs(300) {
+            let log = std::fs::read_to_string(&slog).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "the disk did not return to data mode: {:?}\nshipper running: {:?}\nshipper log, newest first:\n{}",
+                agent.status(),
+                ship.try_wait().unwrap().is_none(),
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let last = loop {
         let r = agent.point("soak", false);
         if r["ok"] == true {

@@ -86,18 +86,20 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
     let n: u64 = n
         .parse()
         .map_err(|_| ShipError::Usage(format!("{s:?}: expected a duration like 30s, 15m, 24h or 7d")))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let mul: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => {
             return Err(ShipError::Usage(format!(
                 "{s:?}: unknown duration unit {unit:?} (s, m, h, d)"
             )))
         }
     };
-    Ok(Duration::from_secs(secs))
+    n.checked_mul(mul)
+        .map(Duration::from_secs)
+        .ok_or_else(|| ShipError::Usage(format!("{s:?}: duration too large")))
 }
 
 /// A rate in bytes per second: `0`, `500KiB`, `50MiB`, `1GiB`, or `20MB`.
@@ -121,7 +123,8 @@ pub fn parse_rate(s: &str) -> Result<u64> {
             )))
         }
     };
-    Ok(n * mul)
+    n.checked_mul(mul)
+        .ok_or_else(|| ShipError::Usage(format!("{s:?}: rate too large")))
 }
 
 #[cfg(test)]
@@ -142,5 +145,8 @@ mod tests {
         assert!(e.contains("repos"), "{e}");
         assert!(parse_rate("5 parsecs").is_err());
         assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604800));
+        // Found by the shipper_config fuzz target: an overflow, now an error.
+        assert!(parse_duration(" 00006237970878134162066h").is_err());
+        assert!(parse_rate("99999999999999999GiB").is_err());
     }
 }

@@ -276,11 +276,24 @@ async fn run(a: RunArgs) -> Result<u8, ShipError> {
     let url = cfg.repo.clone().ok_or_else(|| need("repo"))?;
     let key_file = cfg.key_file.clone().ok_or_else(|| need("key-file"))?;
     let spool = cfg.spool.clone().ok_or_else(|| need("spool"))?;
-    let repo = Repo::open(&url, &key_file).await?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| ShipError::io("signal", "register", e))?;
     }
+    // As a daemon, an endpoint that fails while the repository is opened is
+    // waited out (1 s doubling to 60 s); everything else is an error.
+    let mut backoff = std::time::Duration::from_secs(1);
+    let repo = loop {
+        match Repo::open(&url, &key_file).await {
+            Ok(r) => break r,
+            Err(e @ ShipError::Store { .. }) if !a.once && !stop.load(Ordering::Relaxed) => {
+                tracing::error!(error = %e, backoff_s = backoff.as_secs(), "cannot open the repository; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(60));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let mut o = hrl_shipper::ship::ShipOptions::new(spool.clone());
     o.once = a.once;
     o.delete_shipped = !a.keep_shipped;

@@ -127,19 +127,21 @@ async fn lock(repo: &Repo) -> Result<()> {
         "time_ns": hrl_format::now_ns(),
     }))
     .unwrap_or_default();
-    match repo.put(LOCK, body.clone(), true).await {
-        Ok(()) => Ok(()),
-        Err(e) => match lock_age(repo).await? {
-            Some(age) if age > STALE_LOCK => {
-                tracing::warn!(age_s = age.as_secs(), "replacing a stale prune lock");
-                repo.put(LOCK, body, false).await
-            }
-            Some(age) => Err(ShipError::Usage(format!(
-                "another prune holds {LOCK} (taken {}s ago); wait for it, or delete the object if that prune is dead ({e})",
-                age.as_secs()
-            ))),
-            None => Err(e),
-        },
+    if repo.put_new(LOCK, body.clone()).await? {
+        return Ok(());
+    }
+    match lock_age(repo).await? {
+        Some(age) if age > STALE_LOCK => {
+            tracing::warn!(age_s = age.as_secs(), "replacing a stale prune lock");
+            repo.put(LOCK, body, false).await
+        }
+        Some(age) => Err(ShipError::Usage(format!(
+            "another prune holds {LOCK} (taken {}s ago); wait for it, or delete the object if that prune is dead",
+            age.as_secs()
+        ))),
+        // Released between the two looks: try once more.
+        None if repo.put_new(LOCK, body).await? => Ok(()),
+        None => Err(ShipError::Usage(format!("another prune took {LOCK} just now"))),
     }
 }
 

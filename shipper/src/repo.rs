@@ -228,15 +228,23 @@ impl Repo {
             config: config.clone(),
             keys,
         };
-        repo.put(
-            &format!("keys/{key_id}"),
-            serde_json::to_vec(&wrapped).unwrap_or_default(),
-            true,
-        )
-        .await?;
+        let exists = || ShipError::RepositoryExists { url: url.into() };
+        if !repo
+            .put_new(
+                &format!("keys/{key_id}"),
+                serde_json::to_vec(&wrapped).unwrap_or_default(),
+            )
+            .await?
+        {
+            return Err(exists());
+        }
         // config last: a repository is only a repository once its key exists.
-        repo.put("config", serde_json::to_vec_pretty(&config).unwrap_or_default(), true)
-            .await?;
+        if !repo
+            .put_new("config", serde_json::to_vec_pretty(&config).unwrap_or_default())
+            .await?
+        {
+            return Err(exists());
+        }
         Ok(repo)
     }
 
@@ -342,7 +350,37 @@ impl Repo {
     }
 
     /// Writes an object durably. `create`: fail if it exists.
+    /// Writes an object. `create`: the name is new (packs and indexes have
+    /// random names, manifests are looked up first), so an object already
+    /// there can only be this shipper's own earlier attempt whose answer
+    /// was lost (a reset or a truncated response after the store took it):
+    /// that counts as written. Use [`Repo::put_new`] where an existing
+    /// object must be an error.
     pub async fn put(&self, key: &str, data: Vec<u8>, create: bool) -> Result<()> {
+        match self.put_inner(key, data, create).await {
+            Err(ShipError::Store { source, .. })
+                if create && matches!(*source, object_store::Error::AlreadyExists { .. }) =>
+            {
+                tracing::debug!(key, "object already written by an earlier attempt");
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// Creates an object only if the name is free; `false` if it exists
+    /// (locks, a repository's config).
+    pub async fn put_new(&self, key: &str, data: Vec<u8>) -> Result<bool> {
+        match self.put_inner(key, data, true).await {
+            Ok(()) => Ok(true),
+            Err(ShipError::Store { source, .. }) if matches!(*source, object_store::Error::AlreadyExists { .. }) => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_inner(&self, key: &str, data: Vec<u8>, create: bool) -> Result<()> {
         let p = ObjPath::from(key);
         let opts = PutOptions {
             mode: if create { PutMode::Create } else { PutMode::Overwrite },

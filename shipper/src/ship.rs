@@ -187,6 +187,9 @@ struct DiskShipper {
     group: Option<hrl_format::Group>,
     /// Window entries read since the last journal append.
     window_log: Vec<(u64, ChunkRef)>,
+    /// (newest point published, points since the last checkpoint
+    /// including it), so a publish need not read manifests to know.
+    since_cp: Option<(u64, u64)>,
 }
 
 /// Pack uploads in flight per disk: enough to keep a remote endpoint busy
@@ -210,6 +213,7 @@ impl DiskShipper {
             uploads: std::collections::VecDeque::new(),
             group: None,
             window_log: Vec::new(),
+            since_cp: None,
         })
     }
 
@@ -448,9 +452,12 @@ impl DiskShipper {
                 .filter(|&s| s < tag.seq)
                 .collect();
             let base = earlier.last().copied();
-            let since_cp = match base {
-                None => u64::MAX,
-                Some(_) => {
+            // Points since the last checkpoint: remembered from the last
+            // publish (base unchanged), else counted by walking back.
+            let since_cp = match (base, self.since_cp) {
+                (None, _) => u64::MAX,
+                (Some(b), Some((last, n))) if b == last => n,
+                (Some(_), _) => {
                     let mut n = 0;
                     for &s in earlier.iter().rev() {
                         n += 1;
@@ -502,6 +509,7 @@ impl DiskShipper {
             report.upload_bytes += body.len() as u64;
             repo.put(&key, body, true).await?;
             crash_point!("ship-manifest-written");
+            self.since_cp = Some((tag.seq, if checkpoint { 1 } else { since_cp.saturating_add(1) }));
             report.points_published += 1;
             report.published.push((self.disk, tag.seq));
             tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
@@ -567,6 +575,7 @@ impl DiskShipper {
         self.follower = Follower::new(spool, self.disk, start);
         self.window = j.map;
         self.window_log.clear();
+        self.since_cp = None;
         self.window_data = j.data_bytes;
         self.window_new = j.new_bytes;
         self.pending.clear();
@@ -647,7 +656,18 @@ fn par_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> 
 /// not stop the shipper: the disk is started again from its cursor after a
 /// backoff (1 s doubling to 60 s), and the error is counted and shown.
 pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<ShipReport> {
-    let mut known = Known::load(repo).await?;
+    let mut wait = Duration::from_secs(1);
+    let mut known = loop {
+        match Known::load(repo).await {
+            Ok(k) => break k,
+            Err(e @ ShipError::Store { .. }) if !opts.once && !stop.load(Ordering::Relaxed) => {
+                tracing::error!(error = %e, backoff_s = wait.as_secs(), "cannot read the repository's indexes; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(60));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let mut report = ShipReport::default();
     let mut disks: Vec<DiskShipper> = Vec::new();
     let mut last_log = Instant::now();
