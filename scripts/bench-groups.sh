@@ -44,7 +44,7 @@ for i in 0 1 2; do
     # Stand-in shipper: drop sealed segments so the spool stays small.
     ( while sleep 1; do find "$work/s$i" -name '*.hrl' -perm 0400 -delete 2>/dev/null || true; done ) &
     fios+=($!)
-    fio --name=w --directory="$work/m$i" --rw=randwrite --bs=64k --size=256m --ioengine=psync --direct=1 \
+    fio --name=w --thread --directory="$work/m$i" --rw=randwrite --bs=64k --size=256m --ioengine=psync --direct=1 \
         --fsync=16 --time_based --runtime=3600 --rate="$rate" >/dev/null 2>&1 &
     fios+=($!)
 done

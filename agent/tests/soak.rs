@@ -47,6 +47,18 @@ fn start_shipper(bin: &Path, url: &str, key: &Path, spool: &Path, proxy: &str, l
         .unwrap()
 }
 
+/// The fio process, stopped (and reaped) when dropped, also on a panic.
+struct Fio(Option<Child>);
+
+impl Drop for Fio {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 fn du(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
@@ -119,8 +131,14 @@ fn soak_with_kills_and_endpoint_faults_loses_nothing() {
     let slog = work.path().join("shipper.log");
     let mut ship = start_shipper(&shipper, &url, &key, &spool, &proxy_url, &slog);
     // Workload: fio random writes (when fio is there) and files fsynced.
-    let fio = Command::new("fio")
-        .args(["--name=soak", &format!("--directory={}", m.path().display())])
+    // --thread: fio's jobs are threads of the one process we stop (forked
+    // job processes would outlive it and keep the filesystem busy).
+    let fio = Fio(Command::new("fio")
+        .args([
+            "--name=soak",
+            "--thread",
+            &format!("--directory={}", m.path().display()),
+        ])
         .args([
             "--rw=randwrite",
             "--bs=16k",
@@ -128,11 +146,16 @@ fn soak_with_kills_and_endpoint_faults_loses_nothing() {
             "--ioengine=psync",
             "--direct=1",
         ])
-        .args(["--fsync=8", "--time_based", "--runtime=3600", "--rate=4m"])
+        .args([
+            "--fsync=8",
+            "--time_based",
+            &format!("--runtime={}", secs + 60),
+            "--rate=4m",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .ok();
+        .ok());
     let stop = Arc::new(AtomicBool::new(false));
     let files = {
         let (stop, dir) = (stop.clone(), m.path().to_path_buf());
@@ -191,10 +214,7 @@ fn soak_with_kills_and_endpoint_faults_loses_nothing() {
     // mode, agent stopped, faults off, the shipper catches up.
     stop.store(true, Ordering::Relaxed);
     let written = files.join().unwrap();
-    if let Some(mut f) = fio {
-        let _ = f.kill();
-        let _ = f.wait();
-    }
+    drop(fio);
     assert!(
         shipper_exits.is_empty(),
         "the shipper stopped by itself: {shipper_exits:#?}"
