@@ -120,24 +120,25 @@ pub fn create_key(path: &Path) -> Result<()> {
         .map_err(|e| AgentError::io(path, "write group key", e))
 }
 
-fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+/// HMAC-SHA256 over length-prefixed parts (so parts cannot run together).
+fn keyed(key: &[u8], parts: &[&[u8]]) -> HmacSha {
     // HMAC takes keys of any length.
     let mut m = <HmacSha as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
     for p in parts {
         m.update(&(p.len() as u64).to_le_bytes());
         m.update(p);
     }
-    m.finalize().into_bytes().to_vec()
+    m
 }
 
+fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    keyed(key, parts).finalize().into_bytes().to_vec()
+}
+
+/// Constant-time check of a hex tag.
 fn verify(key: &[u8], parts: &[&[u8]], tag_hex: &str) -> bool {
     let Ok(tag) = hex::decode(tag_hex) else { return false };
-    let mut m = <HmacSha as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    for p in parts {
-        m.update(&(p.len() as u64).to_le_bytes());
-        m.update(p);
-    }
-    m.verify_slice(&tag).is_ok()
+    keyed(key, parts).verify_slice(&tag).is_ok()
 }
 
 fn nonce() -> [u8; 16] {
