@@ -5,71 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use hrl_common::{ByteSize, HumanDuration};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{AgentError, Result};
-
-/// Parses sizes like `65536`, `64K`, `64KiB`, `1M`, `1MiB`, `2GiB`.
-pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| AgentError::Config(format!("bad size {s:?}: expected a number with an optional unit")))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        u => return Err(AgentError::Config(format!("bad size {s:?}: unknown unit {u:?}"))),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| AgentError::Config(format!("size {s:?} is too large")))
-}
-
-/// Parses durations like `500ms`, `10s`, `2m`, `1h` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| AgentError::Config(format!("bad duration {s:?}: expected e.g. 500ms, 10s, 2m")))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" | "min" => n * 60.0,
-        "h" => n * 3600.0,
-        u => return Err(AgentError::Config(format!("bad duration {s:?}: unknown unit {u:?}"))),
-    };
-    if !(0.0..=1e9).contains(&secs) {
-        return Err(AgentError::Config(format!("bad duration {s:?}")));
-    }
-    Ok(Duration::from_secs_f64(secs))
-}
-
-fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<u64>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum V {
-        N(u64),
-        S(String),
-    }
-    match Option::<V>::deserialize(d)? {
-        None => Ok(None),
-        Some(V::N(n)) => Ok(Some(n)),
-        Some(V::S(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
-    }
-}
-
-fn de_dur<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<Duration>, D::Error> {
-    match Option::<String>::deserialize(d)? {
-        None => Ok(None),
-        Some(s) => parse_duration(&s).map(Some).map_err(serde::de::Error::custom),
-    }
-}
 
 /// One tracked disk.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,36 +28,52 @@ pub struct DiskConfig {
     pub post_thaw: Option<String>,
 }
 
-/// Raw file form: every agent-wide option optional.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// The agent-wide options as a config file or `hrl-agent run` flags give
+/// them: each one given overrides the default (flags override the file).
+/// Sizes and durations use the grammar of `hrl_common::units`.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
-    spool: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_size")]
-    spool_limit: Option<u64>,
-    #[serde(default, deserialize_with = "de_dur")]
-    point_interval: Option<Duration>,
-    #[serde(default, deserialize_with = "de_dur")]
-    max_freeze: Option<Duration>,
-    #[serde(default, deserialize_with = "de_dur")]
-    hook_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_dur")]
-    hot_delay: Option<Duration>,
-    #[serde(default, deserialize_with = "de_size")]
-    capture_rate: Option<u64>,
-    #[serde(default, deserialize_with = "de_size")]
-    chunk_size: Option<u64>,
-    #[serde(default, deserialize_with = "de_size")]
-    trace_buffer: Option<u64>,
-    #[serde(default, deserialize_with = "de_size")]
-    segment_size: Option<u64>,
-    app_points: Option<bool>,
-    metrics_listen: Option<String>,
-    #[serde(default, deserialize_with = "de_dur")]
-    rpo_warn: Option<Duration>,
-    group: Option<crate::group::GroupConfig>,
-    #[serde(default)]
-    disk: Vec<DiskConfig>,
+pub struct Settings {
+    /// Spool size never exceeded with captured data: above 90% the agent
+    /// logs extents only (bitmap mode), below 70% it catches up [default: 4GiB].
+    #[arg(long)]
+    pub spool_limit: Option<ByteSize>,
+    /// Interval of periodic points; 0 disables them [default: 10s].
+    #[arg(long)]
+    pub point_interval: Option<HumanDuration>,
+    /// Longest a filesystem may stay frozen; the watchdog thaws then and
+    /// the point is aborted [default: 2s].
+    #[arg(long)]
+    pub max_freeze: Option<HumanDuration>,
+    /// Time limit of a pre-freeze or post-thaw hook [default: 60s].
+    #[arg(long)]
+    pub hook_timeout: Option<HumanDuration>,
+    /// A chunk written more recently than this is not pre-copied yet [default: 500ms].
+    #[arg(long)]
+    pub hot_delay: Option<HumanDuration>,
+    /// Capture read limit in bytes per second, e.g. 50MiB; 0: unlimited [default: 0].
+    #[arg(long)]
+    pub capture_rate: Option<ByteSize>,
+    /// Chunk size: a power of two from 4KiB to 16MiB; fixed per disk once
+    /// tracked [default: 64KiB].
+    #[arg(long)]
+    pub chunk_size: Option<ByteSize>,
+    /// Trace ring buffer per CPU [default: 4MiB].
+    #[arg(long)]
+    pub trace_buffer: Option<ByteSize>,
+    /// Spool segment size before rotation [default: 64MiB].
+    #[arg(long)]
+    pub segment_size: Option<ByteSize>,
+    /// Periodic points are app points (the hooks run) rather than crash points.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub app_points: Option<bool>,
+    /// Prometheus endpoint address; "" for none [default: 127.0.0.1:9561].
+    #[arg(long)]
+    pub metrics_listen: Option<String>,
+    /// Warn (log, status, metrics) when the newest point is older than
+    /// this; 0: never [default: 5m].
+    #[arg(long)]
+    pub rpo_warn: Option<HumanDuration>,
 }
 
 /// The agent's whole configuration.
@@ -151,7 +106,7 @@ pub struct AgentConfig {
     /// The file this came from (SIGHUP reloads it).
     pub config_path: Option<PathBuf>,
     /// Membership of a consistency group.
-    pub group: Option<crate::group::GroupConfig>,
+    pub group: Option<GroupConfig>,
     pub disks: Vec<DiskConfig>,
 }
 
@@ -186,53 +141,55 @@ impl AgentConfig {
         Ok(c)
     }
 
-    /// Parses TOML text.
+    /// Parses TOML text: `spool`, the [`Settings`], `[group]` and `[[disk]]`.
     pub fn parse(text: &str) -> Result<Self> {
-        let f: FileConfig = toml::from_str(text).map_err(|e| AgentError::Config(e.to_string()))?;
-        let spool = f
-            .spool
-            .ok_or_else(|| AgentError::Config("`spool` is required".into()))?;
+        let mut t: toml::Table = toml::from_str(text).map_err(|e| AgentError::Config(e.to_string()))?;
+        let spool: PathBuf = take(&mut t, "spool")?.ok_or_else(|| AgentError::Config("`spool` is required".into()))?;
+        let group: Option<GroupConfig> = take(&mut t, "group")?;
+        let disks: Option<Vec<DiskConfig>> = take(&mut t, "disk")?;
+        let settings: Settings = t.try_into().map_err(|e| AgentError::Config(e.to_string()))?;
         let mut c = AgentConfig::new(spool);
-        if let Some(v) = f.spool_limit {
-            c.spool_limit = v;
-        }
-        if let Some(v) = f.point_interval {
-            c.point_interval = v;
-        }
-        if let Some(v) = f.max_freeze {
-            c.max_freeze = v;
-        }
-        if let Some(v) = f.hook_timeout {
-            c.hook_timeout = v;
-        }
-        if let Some(v) = f.hot_delay {
-            c.hot_delay = v;
-        }
-        if let Some(v) = f.capture_rate {
-            c.capture_rate = v;
-        }
-        if let Some(v) = f.chunk_size {
-            c.chunk_size = u32::try_from(v).map_err(|_| AgentError::Config("chunk_size too large".into()))?;
-        }
-        if let Some(v) = f.trace_buffer {
-            c.trace_buffer_kb = (v / 1024).max(1) as u32;
-        }
-        if let Some(v) = f.segment_size {
-            c.segment_size = v;
-        }
-        if let Some(v) = f.app_points {
-            c.app_points = v;
-        }
-        if let Some(v) = f.metrics_listen {
-            c.metrics_listen = v;
-        }
-        if let Some(v) = f.rpo_warn {
-            c.rpo_warn = v;
-        }
-        c.group = f.group;
-        c.disks = f.disk;
+        c.apply(&settings)?;
+        c.group = group;
+        c.disks = disks.unwrap_or_default();
         c.validate()?;
         Ok(c)
+    }
+
+    /// Overrides every option `s` sets.
+    pub fn apply(&mut self, s: &Settings) -> Result<()> {
+        let dur = |v: Option<HumanDuration>, d: &mut Duration| {
+            if let Some(v) = v {
+                *d = v.into();
+            }
+        };
+        dur(s.point_interval, &mut self.point_interval);
+        dur(s.max_freeze, &mut self.max_freeze);
+        dur(s.hook_timeout, &mut self.hook_timeout);
+        dur(s.hot_delay, &mut self.hot_delay);
+        dur(s.rpo_warn, &mut self.rpo_warn);
+        let size = |v: Option<ByteSize>, d: &mut u64| {
+            if let Some(v) = v {
+                *d = v.bytes();
+            }
+        };
+        size(s.spool_limit, &mut self.spool_limit);
+        size(s.capture_rate, &mut self.capture_rate);
+        size(s.segment_size, &mut self.segment_size);
+        if let Some(v) = s.chunk_size {
+            self.chunk_size = v.to_u32().map_err(|e| AgentError::Config(format!("chunk_size: {e}")))?;
+        }
+        if let Some(v) = s.trace_buffer {
+            self.trace_buffer_kb = u32::try_from((v.bytes() / 1024).max(1))
+                .map_err(|_| AgentError::Config(format!("trace_buffer {v} is too large")))?;
+        }
+        if let Some(v) = s.app_points {
+            self.app_points = v;
+        }
+        if let Some(v) = &s.metrics_listen {
+            self.metrics_listen = v.clone();
+        }
+        Ok(())
     }
 
     /// Checks values that would otherwise fail later and less clearly.
@@ -275,20 +232,30 @@ impl AgentConfig {
     }
 }
 
+/// A member of a group, as configured in the agent.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    /// Address the member endpoint listens on (e.g. 10.0.0.5:7701).
+    pub listen: String,
+    /// The shared group key: 64 hex characters, mode 0600.
+    pub key_file: std::path::PathBuf,
+    /// Which of this agent's disks are members (default: all).
+    #[serde(default)]
+    pub disks: Vec<String>,
+}
+
+/// Removes `key` from a parsed file and deserializes it.
+fn take<T: serde::de::DeserializeOwned>(t: &mut toml::Table, key: &str) -> Result<Option<T>> {
+    t.remove(key)
+        .map(|v| v.try_into().map_err(|e| AgentError::Config(format!("`{key}`: {e}"))))
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_units() {
-        assert_eq!(parse_size("64KiB").unwrap(), 65536);
-        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
-        assert!(parse_size("12 parsecs").is_err());
-        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn parses_a_file() {

@@ -1,5 +1,11 @@
 //! hrl-agent: tracks which blocks of Linux disks change and writes them to
 //! `.hrl` logs in a spool directory. It never talks to blob storage.
+//!
+//! The folders, leaves first (no module imports one that imports it back;
+//! `scripts/lint.sh` checks): `tracking/` (which blocks change), `capture/`
+//! (reading them), `point/` (the point protocol, freeze, hooks), `disk/`
+//! (a disk's worker and modes), `group/` (consistency groups over the
+//! network), `daemon/` (threads, sockets, metrics). See docs/architecture.md.
 
 /// Aborts the process at this step when the failpoint `name` is set to
 /// `return` (feature `failpoints`, `FAILPOINTS="name=return"`): the crash
@@ -19,26 +25,11 @@ macro_rules! crash_point {
 
 pub mod capture;
 pub mod config;
-pub mod control;
-pub mod device;
-pub mod dirty;
+pub mod daemon;
 pub mod disk;
 pub mod error;
-pub mod event;
-pub mod freeze;
 pub mod group;
-pub mod guard;
-pub mod hashes;
-pub mod hooks;
-pub mod lock;
-pub mod metrics;
 pub mod point;
-pub mod progress;
-pub mod ringbuf;
-pub mod run;
-pub mod state;
-pub mod tracefs;
-pub mod track;
-pub mod tracker;
+pub mod tracking;
 
-pub use error::{AgentError, Result};
+pub use error::{AgentError, ErrorKind, Result};

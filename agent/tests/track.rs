@@ -299,10 +299,10 @@ fn drain_returns_every_completion_before_the_call() {
     if !require_root("drain_returns_every_completion_before_the_call") {
         return;
     }
-    use hrl_agent::tracker::{Change, ChangeSource, SourceEvent, TraceSource};
+    use hrl_agent::tracking::tracker::{Change, ChangeSource, SourceEvent, TraceSource};
     let dev = LoopDev::new(64 * MIB, false);
-    let bd = hrl_agent::device::BlockDevice::open(&dev.path).unwrap();
-    let tfs = hrl_agent::tracefs::Tracefs::locate_or_mount().unwrap();
+    let bd = hrl_agent::tracking::device::BlockDevice::open(&dev.path).unwrap();
+    let tfs = hrl_agent::tracking::tracefs::Tracefs::locate_or_mount().unwrap();
     let mut src = TraceSource::start(&tfs, &bd, 4096).unwrap();
     let f = OpenOptions::new()
         .write(true)
@@ -456,7 +456,7 @@ fn bio_based_device_is_tracked_through_block_bio_complete() {
             return;
         }
     };
-    let bd = hrl_agent::device::BlockDevice::open(&z.path).unwrap();
+    let bd = hrl_agent::tracking::device::BlockDevice::open(&z.path).unwrap();
     assert!(!bd.request_based, "zram is expected to be bio-based");
     assert_eq!(bd.trace_target().event, "block_bio_complete");
     let spool = tempfile::tempdir().unwrap();

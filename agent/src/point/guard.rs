@@ -147,7 +147,7 @@ impl ThawGuardian {
         let s = self
             .stdin
             .as_mut()
-            .ok_or_else(|| AgentError::Config("freeze guardian has no pipe".into()))?;
+            .ok_or_else(|| AgentError::Internal("freeze guardian has no pipe".into()))?;
         s.write_all(line.as_bytes())
             .and_then(|_| s.flush())
             .map_err(|e| AgentError::io(&self.mount, "tell freeze guardian", e))

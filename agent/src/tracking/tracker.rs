@@ -12,12 +12,12 @@ use std::sync::Arc;
 
 use hrl_format::{DiskMode, Extent, ExtentOp, Flush, LogWriter, LossReason, Lost, ModeChange, Record};
 
-use crate::device::{BlockDevice, TraceTarget};
-use crate::dirty::{DirtyMap, HotMap};
 use crate::error::{AgentError, Result};
-use crate::event::EventDecoder;
-use crate::ringbuf::parse_page;
-use crate::tracefs::{Instance, Tracefs};
+use crate::tracking::device::{BlockDevice, TraceTarget};
+use crate::tracking::dirty::{DirtyMap, HotMap};
+use crate::tracking::event::EventDecoder;
+use crate::tracking::ringbuf::parse_page;
+use crate::tracking::tracefs::{Instance, Tracefs};
 
 /// One change to the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +138,7 @@ impl TraceSource {
 }
 
 /// The changes one completion event stands for (preflush, the I/O, FUA).
-fn to_changes(target: &TraceTarget, ev: &crate::event::BlockEvent) -> Option<[Option<Change>; 3]> {
+fn to_changes(target: &TraceTarget, ev: &crate::tracking::event::BlockEvent) -> Option<[Option<Change>; 3]> {
     let r = ev.rwbs();
     let pre = r.preflush.then_some(Change::Flush { fua: false });
     let fua = r.fua.then_some(Change::Flush { fua: true });

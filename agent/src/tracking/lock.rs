@@ -8,8 +8,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::device::BlockDevice;
 use crate::error::{AgentError, Result};
+use crate::tracking::device::BlockDevice;
 
 /// Directory of device locks.
 pub const LOCK_DIR: &str = "/run/hrl";

@@ -9,28 +9,20 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::disk::{DiskStatus, PointReply, Request};
+use crate::disk::{DiskHandle, Request};
 use crate::error::{AgentError, Result};
+use crate::point::PointReply;
 
 /// Name of the socket in the spool directory.
 pub const SOCKET: &str = "hrl-agent.sock";
 
 pub fn socket_path(spool: &Path) -> PathBuf {
     spool.join(SOCKET)
-}
-
-/// A disk the control socket can reach.
-#[derive(Clone)]
-pub struct DiskHandle {
-    pub name: String,
-    pub requests: Sender<Request>,
-    pub status: Arc<Mutex<DiskStatus>>,
 }
 
 /// Binds the socket (replacing a stale one whose agent is gone).
@@ -91,7 +83,7 @@ pub fn status_json(disks: &[DiskHandle]) -> Value {
             v
         })
         .collect();
-    json!({ "ok": true, "disks": list, "metrics": crate::metrics::ADDRESS.get() })
+    json!({ "ok": true, "disks": list, "metrics": crate::daemon::metrics::ADDRESS.get() })
 }
 
 fn handle(s: UnixStream, disks: &[DiskHandle]) -> std::io::Result<()> {
@@ -146,5 +138,6 @@ pub fn request(socket: &Path, req: &Value) -> Result<Value> {
     BufReader::new(&s)
         .read_line(&mut line)
         .map_err(|e| AgentError::io(socket, "receive", e))?;
-    serde_json::from_str(&line).map_err(|e| AgentError::Config(format!("{}: bad answer: {e}", socket.display())))
+    serde_json::from_str(&line)
+        .map_err(|e| AgentError::Peer(format!("{}: bad answer from the agent: {e}", socket.display())))
 }

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 use hrl_format::LossReason;
 use uuid::Uuid;
 
-use crate::device::BlockDevice;
-use crate::dirty::DirtyMap;
 use crate::disk::DiskSetup;
 use crate::error::Result;
-use crate::tracker::{record_loss, TraceSource, Tracker};
+use crate::tracking::device::BlockDevice;
+use crate::tracking::dirty::DirtyMap;
+use crate::tracking::tracker::{record_loss, TraceSource, Tracker};
 
 /// Options of `hrl-agent track`.
 #[derive(Debug, Clone)]

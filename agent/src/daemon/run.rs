@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::AgentConfig;
-use crate::control::{bind, serve, DiskHandle};
+use crate::daemon::control::{bind, serve};
+use crate::disk::DiskHandle;
 use crate::disk::DiskWorker;
 use crate::error::Result;
 
@@ -26,14 +27,14 @@ pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
         workers.push(w);
     }
     let statuses: Vec<_> = handles.iter().map(|h| h.status.clone()).collect();
-    crate::progress::spawn(statuses.clone(), stop.clone());
+    crate::daemon::progress::spawn(statuses.clone(), stop.clone());
     if !cfg.metrics_listen.is_empty() {
         // A port already taken (a second agent on the machine) costs the
         // metrics, never the protection.
-        match hrl_format::metrics_http::spawn(&cfg.metrics_listen, move || crate::metrics::render(&statuses)) {
+        match hrl_format::metrics_http::spawn(&cfg.metrics_listen, move || crate::daemon::metrics::render(&statuses)) {
             Ok(a) => {
                 tracing::info!(address = %a, "metrics at http://{a}/metrics");
-                let _ = crate::metrics::ADDRESS.set(a.to_string());
+                let _ = crate::daemon::metrics::ADDRESS.set(a.to_string());
             }
             Err(e) => tracing::warn!(address = %cfg.metrics_listen, error = %e, "no metrics endpoint"),
         }
@@ -86,13 +87,13 @@ pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
                 first_err.get_or_insert(e);
             }
             Err(_) => {
-                first_err.get_or_insert(crate::AgentError::Config("a disk worker panicked".into()));
+                first_err.get_or_insert(crate::AgentError::Internal("a disk worker panicked".into()));
             }
         }
     }
     stop.store(true, Ordering::Relaxed);
     let _ = ctl.join();
-    let _ = std::fs::remove_file(crate::control::socket_path(&cfg.spool));
+    let _ = std::fs::remove_file(crate::daemon::control::socket_path(&cfg.spool));
     match first_err {
         Some(e) => Err(e),
         None => Ok(()),

@@ -10,9 +10,9 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::disk::status::FREEZE;
 use crate::disk::DiskStatus;
 use hrl_format::DiskMode;
 
@@ -20,22 +20,6 @@ type Labels = Vec<(String, String)>;
 
 /// Where the endpoint listens, once bound (shown by `status`).
 pub static ADDRESS: OnceLock<String> = OnceLock::new();
-
-/// A freeze-duration histogram: 0.5 ms to about 4 s.
-fn freeze_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0005, 2.0, 14))
-}
-
-/// Freeze durations of every disk of this process (they accumulate).
-static FREEZE: std::sync::LazyLock<Family<Labels, Histogram>> =
-    std::sync::LazyLock::new(|| Family::new_with_constructor(freeze_histogram as fn() -> Histogram));
-
-/// Records a point's freeze duration.
-pub fn observe_freeze(disk: &str, seconds: f64) {
-    FREEZE
-        .get_or_create(&vec![("disk".to_string(), disk.to_string())])
-        .observe(seconds);
-}
 
 const MODES: [DiskMode; 5] = [
     DiskMode::InitialSync,

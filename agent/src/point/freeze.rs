@@ -15,8 +15,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::device::BlockDevice;
 use crate::error::{AgentError, Result};
+use crate::tracking::device::BlockDevice;
 
 const FIFREEZE: libc::c_ulong = 0xC004_5877;
 const FITHAW: libc::c_ulong = 0xC004_5878;
@@ -187,5 +187,58 @@ impl Drop for Freeze {
         if let Some(w) = self.watchdog.take() {
             let _ = w.join();
         }
+    }
+}
+
+impl super::protocol::Frozen for Freeze {
+    fn elapsed(&self) -> Duration {
+        Freeze::elapsed(self)
+    }
+
+    fn thaw_after(
+        self: Box<Self>,
+        commit: &mut dyn FnMut(Duration) -> Result<()>,
+    ) -> std::result::Result<(Result<()>, Duration), Duration> {
+        (*self).commit_and_thaw(commit)
+    }
+}
+
+/// The real filesystem of a disk: syncfs and FIFREEZE/FITHAW on its
+/// mount, with the thaw guardian armed for the length of every freeze.
+pub struct FsFreezer {
+    mount: PathBuf,
+    guardian: super::guard::ThawGuardian,
+}
+
+impl FsFreezer {
+    /// Thaws a filesystem a previous agent left frozen (it died inside a
+    /// point, its guardian with it), then starts this agent's guardian.
+    pub fn open(disk: &str, mount: &Path) -> Result<Self> {
+        if super::guard::thaw_if_frozen(mount)? {
+            tracing::warn!(disk = %disk, mount = %mount.display(), "the filesystem was frozen (an agent died during a point); thawed it");
+        }
+        Ok(FsFreezer {
+            mount: mount.to_path_buf(),
+            guardian: super::guard::ThawGuardian::spawn(mount)?,
+        })
+    }
+}
+
+impl super::protocol::Freezer for FsFreezer {
+    fn mount(&self) -> &Path {
+        &self.mount
+    }
+
+    fn syncfs(&mut self) -> Result<()> {
+        syncfs(&self.mount)
+    }
+
+    fn freeze(&mut self, max: Duration) -> Result<Box<dyn super::protocol::Frozen>> {
+        self.guardian.freezing(max)?;
+        Ok(Box::new(Freeze::start(&self.mount, max)?))
+    }
+
+    fn thawed(&mut self) {
+        self.guardian.thawed();
     }
 }

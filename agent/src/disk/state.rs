@@ -51,7 +51,8 @@ impl DiskState {
         use std::os::unix::fs::OpenOptionsExt;
         let p = state_path(spool, &self.name);
         let tmp = spool.join(format!(".{}.state.json.tmp", self.name));
-        let body = serde_json::to_vec_pretty(self).map_err(|e| AgentError::Config(e.to_string()))?;
+        let body =
+            serde_json::to_vec_pretty(self).map_err(|e| AgentError::Internal(format!("encode agent state: {e}")))?;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
