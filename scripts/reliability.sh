@@ -24,8 +24,8 @@ t0=$(date +%s)
 rc=0
 step "reliability tests (soak ${soak}s)"
 cargo nextest run --workspace --locked --no-fail-fast \
-    --features hrl-agent/failpoints,hrl-shipper/failpoints \
-    -E 'binary(faults) | binary(crashpoints) | binary(security) | binary(badinput) | binary(soak) | binary(groups) | test(prune_beside) | test(flipped_byte) | test(kill9) | test(only_a_peer_with_the_group_key) | test(no_plaintext)' \
+    --features hrl-agent/failpoints,hrl-shipper/failpoints,hrl-e2e/failpoints \
+    -E 'binary(faults) | binary(crashpoints) | binary(security) | binary(badinput) | binary(soak) | binary(groups) | test(prune_beside) | test(flipped_byte) | test(kill9) | test(only_a_peer_with_the_group_key) | test(a_failed_prepare_aborts_one_round) | test(no_plaintext)' \
     || rc=1
 step "fuzz (${fuzz}s per target)"
 bash scripts/fuzz.sh "$fuzz" || rc=1

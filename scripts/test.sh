@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 
 install_test_deps
 
+step "structure check (scripts/lint.sh)"
+bash scripts/lint.sh
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -22,7 +25,16 @@ start_azurite
 step "tests"
 # Crash points (the `failpoints` features) are compiled into the test
 # builds only; release builds never carry them.
-features=(--features hrl-agent/failpoints,hrl-shipper/failpoints)
+features=(--features hrl-agent/failpoints,hrl-shipper/failpoints,hrl-e2e/failpoints)
+# Tests that need root (loop devices, tracefs) or Azurite are reported as
+# ignored when those are missing; under CI=true they run and fail instead.
+if [ "$(id -u)" -ne 0 ]; then
+    if [ "${CI:-}" = true ]; then
+        echo "CI=true but not root: the root tests would fail; run as root" >&2
+        exit 1
+    fi
+    echo "not root: the tests that need root are reported as ignored" >&2
+fi
 # The soak runs 40 s here; scripts/reliability.sh runs it for 10 minutes.
 rc=0
 if cargo nextest --version >/dev/null 2>&1; then

@@ -2,13 +2,13 @@
 //! exactly the device as it was inside the freeze, and the filesystem in the
 //! image is clean; under kill -9, and under spool backpressure.
 
-mod common;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
 use hrl_format::{DiskMode, Record};
+use hrl_testkit::agent::*;
+use hrl_testkit::sys::*;
+use hrl_testkit::{Need, Rng};
 
 const MIB: u64 = 1 << 20;
 
@@ -121,27 +121,21 @@ fn points_replay_to_the_frozen_hash(fs: &str, size: u64, secs: u64) {
     eprintln!("{fs}: freeze ms (incl. the sha256 hook): {freezes:.0?}");
 }
 
-#[test]
 fn ext4_points_replay_to_the_frozen_device_and_fsck_clean() {
-    if !require_root("ext4_points_replay_to_the_frozen_device_and_fsck_clean") {
-        return;
-    }
+    hrl_testkit::require("ext4_points_replay_to_the_frozen_device_and_fsck_clean", Need::Root);
     points_replay_to_the_frozen_hash("ext4", 128 * MIB, 60);
 }
 
-#[test]
 fn xfs_points_replay_to_the_frozen_device_and_repair_clean() {
-    if !require_root("xfs_points_replay_to_the_frozen_device_and_repair_clean") {
-        return;
-    }
+    hrl_testkit::require("xfs_points_replay_to_the_frozen_device_and_repair_clean", Need::Root);
     points_replay_to_the_frozen_hash("xfs", 320 * MIB, 60);
 }
 
-#[test]
 fn kill9_twenty_times_then_the_next_point_is_exact_and_resync_is_small() {
-    if !require_root("kill9_twenty_times_then_the_next_point_is_exact_and_resync_is_small") {
-        return;
-    }
+    hrl_testkit::require(
+        "kill9_twenty_times_then_the_next_point_is_exact_and_resync_is_small",
+        Need::Root,
+    );
     let size = 256 * MIB;
     let dev = LoopDev::new(size, false);
     mkfs("ext4", &dev.path);
@@ -240,11 +234,8 @@ fn write_latency(dir: &Path) -> Duration {
     t.elapsed()
 }
 
-#[test]
 fn kill9_inside_a_freeze_never_leaves_the_filesystem_frozen() {
-    if !require_root("kill9_inside_a_freeze_never_leaves_the_filesystem_frozen") {
-        return;
-    }
+    hrl_testkit::require("kill9_inside_a_freeze_never_leaves_the_filesystem_frozen", Need::Root);
     let dev = LoopDev::new(64 * MIB, false);
     run("mkfs.ext4", &["-q", "-F", dev.path.to_str().unwrap()]);
     let m = Mount::new(&dev.path);
@@ -281,11 +272,11 @@ fn kill9_inside_a_freeze_never_leaves_the_filesystem_frozen() {
     req.join().unwrap();
 }
 
-#[test]
 fn a_hook_outliving_max_freeze_aborts_the_point_and_the_watchdog_thaws_on_time() {
-    if !require_root("a_hook_outliving_max_freeze_aborts_the_point_and_the_watchdog_thaws_on_time") {
-        return;
-    }
+    hrl_testkit::require(
+        "a_hook_outliving_max_freeze_aborts_the_point_and_the_watchdog_thaws_on_time",
+        Need::Root,
+    );
     let dev = LoopDev::new(64 * MIB, false);
     run("mkfs.ext4", &["-q", "-F", dev.path.to_str().unwrap()]);
     let m = Mount::new(&dev.path);
@@ -395,11 +386,11 @@ impl FakeShipper {
     }
 }
 
-#[test]
 fn a_spool_limit_below_the_churn_switches_to_bitmap_and_back_and_the_next_point_is_exact() {
-    if !require_root("a_spool_limit_below_the_churn_switches_to_bitmap_and_back_and_the_next_point_is_exact") {
-        return;
-    }
+    hrl_testkit::require(
+        "a_spool_limit_below_the_churn_switches_to_bitmap_and_back_and_the_next_point_is_exact",
+        Need::Root,
+    );
     let dev = LoopDev::new(256 * MIB, false);
     mkfs("ext4", &dev.path);
     let mut m = Mount::new(&dev.path);
@@ -504,3 +495,12 @@ fn a_spool_limit_below_the_churn_switches_to_bitmap_and_back_and_the_next_point_
         .unwrap();
     assert!(out.status.success(), "e2fsck: {}", String::from_utf8_lossy(&out.stdout));
 }
+
+hrl_testkit::tests!(Root: [
+    ext4_points_replay_to_the_frozen_device_and_fsck_clean,
+    xfs_points_replay_to_the_frozen_device_and_repair_clean,
+    kill9_twenty_times_then_the_next_point_is_exact_and_resync_is_small,
+    kill9_inside_a_freeze_never_leaves_the_filesystem_frozen,
+    a_hook_outliving_max_freeze_aborts_the_point_and_the_watchdog_thaws_on_time,
+    a_spool_limit_below_the_churn_switches_to_bitmap_and_back_and_the_next_point_is_exact,
+]);

@@ -2,15 +2,15 @@
 //! set must cover every sector that changed and nothing that was not
 //! written. Run in CI (root); elsewhere they print why they skip.
 
-mod common;
-
 use std::fs::OpenOptions;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
 use hrl_format::{ExtentOp, LossReason, RangeSet, Record};
+use hrl_testkit::agent::*;
+use hrl_testkit::sys::*;
+use hrl_testkit::{Need, Rng};
 
 const MIB: u64 = 1 << 20;
 
@@ -66,11 +66,11 @@ fn random_workload(dev: &Path, size: u64, writes: usize, seed: u64) -> RangeSet 
     issued
 }
 
-#[test]
 fn raw_device_random_writes_discards_and_zeroes_are_tracked_exactly() {
-    if !require_root("raw_device_random_writes_discards_and_zeroes_are_tracked_exactly") {
-        return;
-    }
+    hrl_testkit::require(
+        "raw_device_random_writes_discards_and_zeroes_are_tracked_exactly",
+        Need::Root,
+    );
     let size = 2048 * MIB;
     let dev = LoopDev::new(size, false);
     // Start from non-zero content so discards and zeroes change bytes.
@@ -122,11 +122,8 @@ fn raw_device_random_writes_discards_and_zeroes_are_tracked_exactly() {
     assert!(flushes > 0, "fsync flushes not recorded");
 }
 
-#[test]
 fn ext4_file_workload_is_tracked() {
-    if !require_root("ext4_file_workload_is_tracked") {
-        return;
-    }
+    hrl_testkit::require("ext4_file_workload_is_tracked", Need::Root);
     let size = 256 * MIB;
     let dev = LoopDev::new(size, false);
     mkfs("ext4", &dev.path);
@@ -187,11 +184,11 @@ fn mbr(f: &std::fs::File, parts: &[(u32, u32)]) {
     f.write_all_at(&s, 0).unwrap();
 }
 
-#[test]
 fn one_partition_of_a_partitioned_loop_device_is_tracked_in_its_own_offsets() {
-    if !require_root("one_partition_of_a_partitioned_loop_device_is_tracked_in_its_own_offsets") {
-        return;
-    }
+    hrl_testkit::require(
+        "one_partition_of_a_partitioned_loop_device_is_tracked_in_its_own_offsets",
+        Need::Root,
+    );
     let p1 = (2048u32, 100 * 2048u32);
     let p2 = (2048 + 100 * 2048 + 2048, 100 * 2048u32);
     let dev = LoopDev::with_backing(256 * MIB, true, |f| mbr(f, &[p1, p2]));
@@ -256,11 +253,8 @@ fn one_partition_of_a_partitioned_loop_device_is_tracked_in_its_own_offsets() {
     assert_subset(&tracked, &issued, "tracked a range never written to p2");
 }
 
-#[test]
 fn overrunning_the_ring_buffer_writes_a_lost_record() {
-    if !require_root("overrunning_the_ring_buffer_writes_a_lost_record") {
-        return;
-    }
+    hrl_testkit::require("overrunning_the_ring_buffer_writes_a_lost_record", Need::Root);
     let dev = LoopDev::new(128 * MIB, false);
     let spool = tempfile::tempdir().unwrap();
     // A tiny buffer and a consumer that reads every 3 s.
@@ -294,11 +288,8 @@ fn overrunning_the_ring_buffer_writes_a_lost_record() {
     );
 }
 
-#[test]
 fn drain_returns_every_completion_before_the_call() {
-    if !require_root("drain_returns_every_completion_before_the_call") {
-        return;
-    }
+    hrl_testkit::require("drain_returns_every_completion_before_the_call", Need::Root);
     use hrl_agent::tracking::tracker::{Change, ChangeSource, SourceEvent, TraceSource};
     let dev = LoopDev::new(64 * MIB, false);
     let bd = hrl_agent::tracking::device::BlockDevice::open(&dev.path).unwrap();
@@ -343,7 +334,6 @@ fn agent_cmd(args: &[&str]) -> (i32, String) {
     )
 }
 
-#[test]
 fn refuses_a_file_that_is_not_a_block_device() {
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("plain");
@@ -362,11 +352,8 @@ fn refuses_a_file_that_is_not_a_block_device() {
     assert!(err.contains("/dev/does-not-exist"), "{err}");
 }
 
-#[test]
 fn refuses_a_spool_on_the_tracked_device_and_a_second_agent() {
-    if !require_root("refuses_a_spool_on_the_tracked_device_and_a_second_agent") {
-        return;
-    }
+    hrl_testkit::require("refuses_a_spool_on_the_tracked_device_and_a_second_agent", Need::Root);
     let dev = LoopDev::new(64 * MIB, false);
     run("mkfs.ext4", &["-q", "-F", dev.path.to_str().unwrap()]);
     let m = Mount::new(&dev.path);
@@ -394,11 +381,8 @@ fn refuses_a_spool_on_the_tracked_device_and_a_second_agent() {
     assert!(err.contains("already tracked"), "{err}");
 }
 
-#[test]
 fn restart_is_a_loss_and_stale_instances_are_removed() {
-    if !require_root("restart_is_a_loss_and_stale_instances_are_removed") {
-        return;
-    }
+    hrl_testkit::require("restart_is_a_loss_and_stale_instances_are_removed", Need::Root);
     let dev = LoopDev::new(64 * MIB, false);
     let spool = tempfile::tempdir().unwrap();
     let mut a = Agent::track(&dev.path, spool.path(), &[]);
@@ -441,11 +425,8 @@ fn restart_is_a_loss_and_stale_instances_are_removed() {
         });
 }
 
-#[test]
 fn bio_based_device_is_tracked_through_block_bio_complete() {
-    if !require_root("bio_based_device_is_tracked_through_block_bio_complete") {
-        return;
-    }
+    hrl_testkit::require("bio_based_device_is_tracked_through_block_bio_complete", Need::Root);
     let z = match ZramDev::new(256 * MIB) {
         Ok(z) => z,
         Err(why) => {
@@ -492,3 +473,17 @@ fn bio_based_device_is_tracked_through_block_bio_complete() {
     assert_subset(&diff, &tracked, "changed zram sector not tracked");
     assert_subset(&tracked, &issued, "tracked a zram range never written");
 }
+
+hrl_testkit::tests!(
+    Root: [
+        raw_device_random_writes_discards_and_zeroes_are_tracked_exactly,
+        ext4_file_workload_is_tracked,
+        one_partition_of_a_partitioned_loop_device_is_tracked_in_its_own_offsets,
+        overrunning_the_ring_buffer_writes_a_lost_record,
+        drain_returns_every_completion_before_the_call,
+        refuses_a_spool_on_the_tracked_device_and_a_second_agent,
+        restart_is_a_loss_and_stale_instances_are_removed,
+        bio_based_device_is_tracked_through_block_bio_complete,
+    ],
+    Nothing: [refuses_a_file_that_is_not_a_block_device],
+);

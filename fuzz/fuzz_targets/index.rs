@@ -5,10 +5,10 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let keys = hrl_shipper::crypto::Keys::derive(&[7u8; 32]);
+    let keys = hrl_shipper::repo::crypto::Keys::derive(&[7u8; 32]);
     let key = "index/00";
-    let blob = hrl_shipper::pack::seal_index_plain(&keys, key, data);
-    let _ = hrl_shipper::pack::decode_index_with(&keys, key, &blob);
+    let blob = hrl_shipper::repo::pack::seal_index_plain(&keys, key, data);
+    let _ = hrl_shipper::repo::pack::decode_index(&keys, key, &blob);
     // Unsealed bytes are refused by authentication.
-    assert!(hrl_shipper::pack::decode_index_with(&keys, key, data).is_err());
+    assert!(hrl_shipper::repo::pack::decode_index(&keys, key, data).is_err());
 });

@@ -123,8 +123,14 @@ fn main() {
         t_plain_r / t_hrl_r
     );
 
-    // Small Extent records.
+    extent_records(&dir, &cfg, disk);
     clean(&dir);
+    let _ = std::fs::remove_dir(&dir);
+}
+
+/// Small Extent records: write and read rates.
+fn extent_records(dir: &Path, cfg: &LogConfig, disk: Uuid) {
+    clean(dir);
     let m = 2_000_000usize;
     let t = Instant::now();
     let mut w = LogWriter::open(cfg.clone()).expect("open");
@@ -142,7 +148,7 @@ fn main() {
     let tw = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut count = 0;
-    for s in list_segments(&dir, Some(disk)).expect("list") {
+    for s in list_segments(dir, Some(disk)).expect("list") {
         read_segment(&s.path, RecoveryMode::AbsoluteConsistency, |_, _, _| {
             count += 1;
             Ok(())
@@ -155,6 +161,4 @@ fn main() {
         m as f64 / tw / 1e6,
         m as f64 / tr / 1e6
     );
-    clean(&dir);
-    let _ = std::fs::remove_dir(&dir);
 }

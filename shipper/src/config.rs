@@ -9,10 +9,13 @@
 //! rpo_warn = "5m"                     # 0: never
 //! upload_rate = "0"                   # bytes/s, e.g. "50MiB"; 0: unlimited
 //! ```
+//!
+//! Sizes and durations use the grammar of `hrl_common::units` (MB = MiB).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use hrl_common::{ByteSize, HumanDuration};
 use serde::Deserialize;
 
 use crate::error::{Result, ShipError};
@@ -24,8 +27,8 @@ struct FileConfig {
     key_file: Option<PathBuf>,
     spool: Option<PathBuf>,
     metrics_listen: Option<String>,
-    rpo_warn: Option<String>,
-    upload_rate: Option<String>,
+    rpo_warn: Option<HumanDuration>,
+    upload_rate: Option<ByteSize>,
 }
 
 #[derive(Debug, Clone)]
@@ -70,61 +73,13 @@ impl ShipperConfig {
             c.metrics_listen = v;
         }
         if let Some(v) = f.rpo_warn {
-            c.rpo_warn = parse_duration(&v)?;
+            c.rpo_warn = v.into();
         }
         if let Some(v) = f.upload_rate {
-            c.upload_rate = parse_rate(&v)?;
+            c.upload_rate = v.bytes();
         }
         Ok(c)
     }
-}
-
-/// `30s`, `15m`, `24h`, `7d`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| ShipError::Usage(format!("{s:?}: expected a duration like 30s, 15m, 24h or 7d")))?;
-    let mul: u64 = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => {
-            return Err(ShipError::Usage(format!(
-                "{s:?}: unknown duration unit {unit:?} (s, m, h, d)"
-            )))
-        }
-    };
-    n.checked_mul(mul)
-        .map(Duration::from_secs)
-        .ok_or_else(|| ShipError::Usage(format!("{s:?}: duration too large")))
-}
-
-/// A rate in bytes per second: `0`, `500KiB`, `50MiB`, `1GiB`, or `20MB`.
-pub fn parse_rate(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = n
-        .parse()
-        .map_err(|_| ShipError::Usage(format!("{s:?}: expected a rate like 50MiB (bytes per second)")))?;
-    let mul: u64 = match unit.trim_end_matches("/s") {
-        "" | "B" => 1,
-        "KiB" | "K" => 1 << 10,
-        "MiB" | "M" => 1 << 20,
-        "GiB" | "G" => 1 << 30,
-        "KB" => 1000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        u => {
-            return Err(ShipError::Usage(format!(
-                "{s:?}: unknown unit {u:?} (KiB, MiB, GiB, KB, MB, GB)"
-            )))
-        }
-    };
-    n.checked_mul(mul)
-        .ok_or_else(|| ShipError::Usage(format!("{s:?}: rate too large")))
 }
 
 #[cfg(test)]
@@ -143,10 +98,17 @@ mod tests {
         assert_eq!(c.metrics_listen, "127.0.0.1:9562");
         let e = ShipperConfig::parse("repos = \"x\"\n").unwrap_err().to_string();
         assert!(e.contains("repos"), "{e}");
-        assert!(parse_rate("5 parsecs").is_err());
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604800));
+        // One grammar with the agent: MB is MiB.
+        assert_eq!(
+            ShipperConfig::parse("upload_rate = \"20MB\"\n").unwrap().upload_rate,
+            20 << 20
+        );
+        assert!(ShipperConfig::parse("upload_rate = \"5 parsecs\"\n").is_err());
         // Found by the shipper_config fuzz target: an overflow, now an error.
-        assert!(parse_duration(" 00006237970878134162066h").is_err());
-        assert!(parse_rate("99999999999999999GiB").is_err());
+        let e = ShipperConfig::parse("rpo_warn = \" 00006237970878134162066h\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too long"), "{e}");
+        assert!(ShipperConfig::parse("upload_rate = \"99999999999999999GiB\"\n").is_err());
     }
 }

@@ -41,8 +41,13 @@ pub enum ShipError {
     Corrupt { what: String, why: String },
     #[error("disk {disk}: {why}")]
     Point { disk: String, why: String },
+    /// Bad arguments or configuration: the operator must change something.
     #[error("{0}")]
     Usage(String),
+    /// A bug or a broken invariant (a task panicked, a value that cannot
+    /// be encoded): report it.
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("disk {disk} has failed over at point {point} (recorded {when}); this shipper refuses to publish its points. {hint}")]
     Fenced {
         disk: String,
@@ -50,6 +55,19 @@ pub enum ShipError {
         when: String,
         hint: String,
     },
+}
+
+/// What kind of failure an error is; the kind decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Exit 2: usage or configuration.
+    Usage,
+    /// Exit 1: damaged data, a failed restore or check, a fenced disk.
+    Failed,
+    /// Exit 3: the store or the network failed (trying again may work).
+    Endpoint,
+    /// Exit 4: internal.
+    Internal,
 }
 
 impl ShipError {
@@ -60,6 +78,34 @@ impl ShipError {
             source,
         }
     }
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ShipError::Usage(_)
+            | ShipError::NoRepository { .. }
+            | ShipError::RepositoryExists { .. }
+            | ShipError::WrongKey { .. }
+            | ShipError::KeyFile { .. }
+            | ShipError::NewerRepository { .. } => ErrorKind::Usage,
+            ShipError::Store { .. } => ErrorKind::Endpoint,
+            ShipError::Internal(_) => ErrorKind::Internal,
+            ShipError::Io { .. }
+            | ShipError::Format(_)
+            | ShipError::Corrupt { .. }
+            | ShipError::Point { .. }
+            | ShipError::Fenced { .. } => ErrorKind::Failed,
+        }
+    }
+
+    /// The process exit code of this error (docs/operations.md).
+    pub fn exit_code(&self) -> u8 {
+        match self.kind() {
+            ErrorKind::Failed => 1,
+            ErrorKind::Usage => 2,
+            ErrorKind::Endpoint => 3,
+            ErrorKind::Internal => 4,
+        }
+    }
+
     pub fn corrupt(what: impl Into<String>, why: impl Into<String>) -> Self {
         ShipError::Corrupt {
             what: what.into(),
@@ -69,3 +115,14 @@ impl ShipError {
 }
 
 pub type Result<T, E = ShipError> = std::result::Result<T, E>;
+
+/// `v` as JSON; an encoding failure (never expected) is an internal error
+/// naming `what`, never an empty body written in its place.
+pub fn to_json<T: serde::Serialize>(v: &T, what: &str) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| ShipError::Internal(format!("encode {what}: {e}")))
+}
+
+/// [`to_json`], pretty-printed (files people read).
+pub fn to_json_pretty<T: serde::Serialize>(v: &T, what: &str) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v).map_err(|e| ShipError::Internal(format!("encode {what}: {e}")))
+}

@@ -1,6 +1,12 @@
 //! hrl-shipper: ships `.hrl` spools into an encrypted, deduplicated
 //! repository on blob storage, and restores from it. It never touches a
 //! tracked device except to restore or fail back onto it.
+//!
+//! The folders, leaves first (no module imports one that imports it back;
+//! `scripts/lint.sh` checks): `repo/` (the repository: formats, keys,
+//! objects), `ship/` (spool to repository), `restore/` (repository to a
+//! target), `prune/` (retention), `commands/` (one file per verb). See
+//! docs/architecture.md.
 
 /// Aborts the process at this step when the failpoint `name` is set to
 /// `return` (feature `failpoints`, `FAILPOINTS="name=return"`): the crash
@@ -18,22 +24,12 @@ macro_rules! crash_point {
     };
 }
 
-pub mod azure;
+pub mod commands;
 pub mod config;
-pub mod crypto;
 pub mod error;
-pub mod failover;
-#[doc(hidden)]
-pub mod fault_proxy;
-pub mod group;
-pub mod journal;
-pub mod manifest;
-pub mod pack;
 pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod ship;
-pub mod status;
-pub mod write;
 
-pub use error::{Result, ShipError};
+pub use error::{ErrorKind, Result, ShipError};

@@ -13,87 +13,42 @@ use hrl_shipper::ship::{ship, ShipOptions};
 use hrl_shipper::ShipError;
 use uuid::Uuid;
 
-const CHUNK: u32 = 65536;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n.div_ceil(8))
-            .flat_map(|_| self.next().to_le_bytes())
-            .take(n)
-            .collect()
-    }
-}
+use hrl_testkit::spool::{SpoolWriter, CHUNK};
+use hrl_testkit::{Need, Rng};
 
 /// Writes a spool for one disk: an initial full copy, then `points` windows
-/// of random, repeated and zero chunks, each ended by a tag. Returns the
-/// disk id and the point sequences.
+/// of random, repeated and zero chunks, each ended by a tag (every fifth
+/// aborted). Returns the disk id and the published point sequences.
 fn make_spool(spool: &Path, chunks: u64, last_short: usize, points: u64, seed: u64, shared: &[u8]) -> (Uuid, Vec<u64>) {
     let disk = Uuid::new_v4();
-    let size = (chunks - 1) * CHUNK as u64 + last_short as u64;
-    let mut cfg = LogConfig::new(spool, disk, CHUNK, 512, size);
-    cfg.rotate_bytes = 1 << 20;
-    let mut w = LogWriter::open(cfg).unwrap();
-    let mut rng = Rng(seed);
-    let len = |c: u64| if c == chunks - 1 { last_short } else { CHUNK as usize };
-    let data = |c: u64, bytes: Vec<u8>| {
-        Record::Data(Data {
-            offset: c * CHUNK as u64,
-            flags: 0,
-            data: bytes,
-        })
-    };
-    let zero = |c: u64| {
-        Record::Data(Data {
-            offset: c * CHUNK as u64,
-            flags: Data::ZERO,
-            data: vec![],
-        })
+    let mut w = SpoolWriter::with_last_len(spool, disk, chunks, last_short, 1 << 20, seed);
+    // 0: zero, 1: the shared chunk (where it fits), else random.
+    let put = |w: &mut SpoolWriter, c: u64, kind: u64| match kind {
+        0 => w.zero(c),
+        1 if w.len_of(c) == CHUNK as usize => w.data(c, shared.to_vec()),
+        _ => w.random(c),
     };
     for c in 0..chunks {
-        let r = match c % 4 {
-            0 => zero(c),
-            1 if len(c) == CHUNK as usize => data(c, shared.to_vec()),
-            _ => data(c, rng.bytes(len(c))),
-        };
-        w.append(&r).unwrap();
+        put(&mut w, c, c % 4);
     }
     let mut seqs = Vec::new();
     for p in 1..=points {
-        for _ in 0..(1 + rng.next() % 6) {
-            let c = rng.next() % chunks;
-            let r = match rng.next() % 3 {
-                0 => zero(c),
-                1 if len(c) == CHUNK as usize => data(c, shared.to_vec()),
-                _ => data(c, rng.bytes(len(c))),
-            };
-            w.append(&r).unwrap();
+        for _ in 0..(1 + w.rng.next() % 6) {
+            let c = w.any_chunk();
+            let kind = w.rng.next() % 3;
+            put(&mut w, c, kind);
             // Sometimes the same chunk twice in a window: the last must win.
-            if rng.next() % 4 == 0 {
-                w.append(&data(c, rng.bytes(len(c)))).unwrap();
+            if w.rng.next() % 4 == 0 {
+                w.random(c);
             }
         }
         let aborted = p % 5 == 3;
-        w.append(&Record::Tag(Tag {
-            seq: p,
-            kind: PointKind::Crash,
-            aborted,
-            time_ns: hrl_format::now_ns(),
-            freeze_ns: 1000,
-            group: None,
-        }))
-        .unwrap();
+        w.tag(p, aborted);
         if !aborted {
             seqs.push(p);
         }
     }
-    w.close().unwrap();
+    w.close();
     (disk, seqs)
 }
 
@@ -122,19 +77,6 @@ impl Env {
     }
 }
 
-/// Whether Azurite is there (scripts/test.sh starts it and sets the
-/// emulator variables). Under CI=true its absence is a failure.
-fn azurite_available(test: &str) -> bool {
-    if std::env::var("AZURE_STORAGE_USE_EMULATOR").is_ok() && std::env::var("AZURITE_BLOB_STORAGE_URL").is_ok() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{test}: Azurite is not running (AZURITE_BLOB_STORAGE_URL unset); scripts/test.sh starts it");
-    }
-    eprintln!("SKIP {test}: Azurite is not running (run scripts/test.sh, which starts it)");
-    false
-}
-
 async fn env(backend: Backend) -> (Env, Repo) {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
@@ -157,26 +99,21 @@ async fn env(backend: Backend) -> (Env, Repo) {
     )
 }
 
-/// One test per backend for each scenario.
+/// The harness: one test per backend for each scenario; the Azurite ones
+/// are reported as ignored when Azurite is not running (failed under CI=true).
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
-        mod local {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Backend::Local).await
-                }
-            )*
-        }
-        mod azurite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if super::azurite_available(stringify!($name)) {
-                        super::$name(super::Backend::Azurite).await
-                    }
-                }
-            )*
+        fn main() {
+            let args = hrl_testkit::libtest_mimic::Arguments::from_args();
+            let trials = vec![
+                $(hrl_testkit::trial(concat!("local::", stringify!($name)), Need::Nothing, || {
+                    hrl_testkit::block_on($name(Backend::Local))
+                }),)*
+                $(hrl_testkit::trial(concat!("azurite::", stringify!($name)), Need::Azurite, || {
+                    hrl_testkit::block_on($name(Backend::Azurite))
+                }),)*
+            ];
+            hrl_testkit::libtest_mimic::run(&args, trials).exit();
         }
     };
 }
@@ -210,7 +147,7 @@ async fn prune_beside_a_running_shipper_keeps_every_kept_point_restorable(backen
     let hour = 3_600_000_000_000u64;
     let writer = std::thread::spawn(move || {
         let mut w = LogWriter::open(cfg).unwrap();
-        let mut rng = Rng(99);
+        let mut rng = Rng::new(99);
         let mut seen: Vec<Vec<u8>> = Vec::new();
         for c in 0..chunks {
             w.append(&Record::Data(Data {
@@ -264,7 +201,7 @@ async fn prune_beside_a_running_shipper_keeps_every_kept_point_restorable(backen
         tokio::spawn(async move { ship(&repo, &o, &stop).await })
     };
     // Prune once the old points are published.
-    let published = |repo: Repo| async move { hrl_shipper::manifest::list_points(&repo, &disk).await.unwrap() };
+    let published = |repo: Repo| async move { hrl_shipper::repo::manifest::list_points(&repo, &disk).await.unwrap() };
     while published(repo.clone()).await.len() < old as usize {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -350,7 +287,7 @@ async fn every_point_of_several_disks_restores_identical_to_replay_and_dedup_sto
     let spool = e.root.join("spool");
     let archive = e.root.join("archive");
     std::fs::create_dir_all(&spool).unwrap();
-    let shared: Vec<u8> = Rng(1).bytes(CHUNK as usize);
+    let shared: Vec<u8> = Rng::new(1).bytes(CHUNK as usize);
     let (a, pa) = make_spool(&spool, 40, 1000, 12, 7, &shared);
     let (b, pb) = make_spool(&spool, 25, CHUNK as usize, 9, 8, &shared);
     // Keep a copy of the spool: shipping deletes what it shipped.
@@ -404,12 +341,17 @@ async fn every_point_of_several_disks_restores_identical_to_replay_and_dedup_sto
         "restore over a dirty image"
     );
     // Checkpoints bound the chain: with checkpoint_every = 4, at most 4 manifests per restore.
-    let (h, _) = hrl_shipper::manifest::load(&repo, &a, pa[0]).await.unwrap();
+    let (h, _) = hrl_shipper::repo::manifest::load(&repo, &a, pa[0]).await.unwrap();
     assert!(h.checkpoint, "a disk's first point is a checkpoint");
     let cps = {
         let mut n = 0;
         for &p in &pa {
-            if hrl_shipper::manifest::load(&repo, &a, p).await.unwrap().0.checkpoint {
+            if hrl_shipper::repo::manifest::load(&repo, &a, p)
+                .await
+                .unwrap()
+                .0
+                .checkpoint
+            {
                 n += 1;
             }
         }
@@ -463,18 +405,18 @@ async fn a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk(backe
     let (e, repo) = env(backend).await;
     let spool = e.root.join("spool");
     std::fs::create_dir_all(&spool).unwrap();
-    let (disk, points) = make_spool(&spool, 20, CHUNK as usize, 3, 3, &Rng(2).bytes(CHUNK as usize));
+    let (disk, points) = make_spool(&spool, 20, CHUNK as usize, 3, 3, &Rng::new(2).bytes(CHUNK as usize));
     let mut o = ShipOptions::new(&spool);
     o.once = true;
     ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
     // Flip one byte in the middle of a chunk the last point uses.
     let last = *points.last().unwrap();
-    let (_, map) = hrl_shipper::manifest::full_map(&repo, &disk, last).await.unwrap();
+    let (_, map) = hrl_shipper::repo::manifest::full_map(&repo, &disk, last).await.unwrap();
     let index = repo.load_index().await.unwrap();
     let loc = map
         .values()
         .find_map(|r| match r {
-            hrl_shipper::manifest::ChunkRef::Stored(id) => index.get(id).copied(),
+            hrl_shipper::repo::manifest::ChunkRef::Stored(id) => index.get(id).copied(),
             _ => None,
         })
         .unwrap();
@@ -588,9 +530,9 @@ async fn failback_writes_only_what_differs_verify_lists_it_and_failover_fences_t
     assert_eq!(r.skipped, 197);
     assert!(verify(&repo, &disk, PointSel::Latest, &img).await.unwrap().1.is_empty());
     // Failover fences the old source's shipper.
-    hrl_shipper::failover::record(
+    hrl_shipper::repo::fence::record(
         &repo,
-        &hrl_shipper::failover::FailoverRecord {
+        &hrl_shipper::repo::fence::FailoverRecord {
             disk,
             point: last,
             time_ns: 1,
@@ -624,7 +566,7 @@ async fn failback_writes_only_what_differs_verify_lists_it_and_failover_fences_t
         .expect_err("a fenced disk must not publish");
     assert!(matches!(err, ShipError::Fenced { .. }), "{err}");
     assert!(!repo
-        .exists(&hrl_shipper::manifest::point_key(&disk, 100))
+        .exists(&hrl_shipper::repo::manifest::point_key(&disk, 100))
         .await
         .unwrap());
 }

@@ -2,72 +2,15 @@
 //! the repository stays consistent, every point is published exactly once,
 //! none is skipped, and every point restores byte-identical.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use hrl_format::{Data, LogConfig, LogWriter, PointKind, Record, Tag};
 use hrl_shipper::repo::{create_key_file, Repo};
 use hrl_shipper::restore::{check, restore, PointSel};
+use hrl_testkit::spool::{SpoolWriter, CHUNK};
+use hrl_testkit::Rng;
 use uuid::Uuid;
 
-const CHUNK: u32 = 65536;
-
-fn xorshift(s: &mut u64) -> u64 {
-    *s ^= *s >> 12;
-    *s ^= *s << 25;
-    *s ^= *s >> 27;
-    s.wrapping_mul(0x2545_F491_4F6C_DD1D)
-}
-
-fn bytes(s: &mut u64, n: usize) -> Vec<u8> {
-    (0..n.div_ceil(8))
-        .flat_map(|_| xorshift(s).to_le_bytes())
-        .take(n)
-        .collect()
-}
-
-fn make_spool(spool: &Path, chunks: u64, points: u64) -> (Uuid, Vec<u64>) {
-    let disk = Uuid::new_v4();
-    let mut cfg = LogConfig::new(spool, disk, CHUNK, 512, chunks * CHUNK as u64);
-    cfg.rotate_bytes = 2 << 20;
-    let mut w = LogWriter::open(cfg).unwrap();
-    let mut s = 0x1234_5678u64;
-    for c in 0..chunks {
-        w.append(&Record::Data(Data {
-            offset: c * CHUNK as u64,
-            flags: 0,
-            data: bytes(&mut s, CHUNK as usize),
-        }))
-        .unwrap();
-    }
-    let mut seqs = Vec::new();
-    for p in 1..=points {
-        for _ in 0..10 {
-            let c = xorshift(&mut s) % chunks;
-            w.append(&Record::Data(Data {
-                offset: c * CHUNK as u64,
-                flags: 0,
-                data: bytes(&mut s, CHUNK as usize),
-            }))
-            .unwrap();
-        }
-        w.append(&Record::Tag(Tag {
-            seq: p,
-            kind: PointKind::Crash,
-            aborted: false,
-            time_ns: p,
-            freeze_ns: 1,
-            group: None,
-        }))
-        .unwrap();
-        seqs.push(p);
-    }
-    w.close().unwrap();
-    (disk, seqs)
-}
-
-#[test]
 fn kill9_twenty_times_during_a_long_ship_loses_nothing_and_publishes_each_point_once() {
     let dir = tempfile::tempdir_in("/dev/shm").unwrap();
     let root = dir.path();
@@ -75,7 +18,8 @@ fn kill9_twenty_times_during_a_long_ship_loses_nothing_and_publishes_each_point_
     let archive = root.join("archive");
     std::fs::create_dir_all(&spool).unwrap();
     std::fs::create_dir_all(&archive).unwrap();
-    let (disk, seqs) = make_spool(&spool, 64, 400);
+    let disk = Uuid::new_v4();
+    let seqs = SpoolWriter::new(&spool, disk, 64, 2 << 20, 0x1234_5678).simple(400, 10);
     for s in hrl_format::list_segments(&spool, None).unwrap() {
         std::fs::copy(&s.path, archive.join(s.path.file_name().unwrap())).unwrap();
     }
@@ -100,11 +44,11 @@ fn kill9_twenty_times_during_a_long_ship_loses_nothing_and_publishes_each_point_
         .stderr(Stdio::null());
         c
     };
-    let mut s = 99u64;
+    let mut rng = Rng::new(99);
     let mut killed_mid_ship = 0;
     for _ in 0..20 {
         let mut child = ship_cmd().spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(10 + xorshift(&mut s) % 120));
+        std::thread::sleep(Duration::from_millis(10 + rng.below(120)));
         if child.try_wait().unwrap().is_none() {
             killed_mid_ship += 1;
         }
@@ -119,7 +63,9 @@ fn kill9_twenty_times_during_a_long_ship_loses_nothing_and_publishes_each_point_
         "the spool shipped too fast for the kills to test anything"
     );
     let repo = rt.block_on(Repo::open(&url, &key)).unwrap();
-    let published = rt.block_on(hrl_shipper::manifest::list_points(&repo, &disk)).unwrap();
+    let published = rt
+        .block_on(hrl_shipper::repo::manifest::list_points(&repo, &disk))
+        .unwrap();
     assert_eq!(published, seqs, "every point published, none skipped");
     let c = rt.block_on(check(&repo, true)).unwrap();
     assert!(c.problems.is_empty(), "{:?}", c.problems);
@@ -144,3 +90,5 @@ fn kill9_twenty_times_during_a_long_ship_loses_nothing_and_publishes_each_point_
         "shipped segments are deleted"
     );
 }
+
+hrl_testkit::tests!(Nothing: [kill9_twenty_times_during_a_long_ship_loses_nothing_and_publishes_each_point_once]);

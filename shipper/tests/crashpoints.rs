@@ -6,7 +6,6 @@
 //! Needs the `failpoints` feature (scripts/test.sh enables it).
 
 #[cfg(not(feature = "failpoints"))]
-#[test]
 fn crash_matrix_needs_the_failpoints_feature() {
     let why = "built without --features hrl-shipper/failpoints: the crash matrix did not run";
     if std::env::var("CI").as_deref() == Ok("true") {
@@ -20,57 +19,23 @@ mod matrix {
     use std::path::Path;
     use std::process::Command;
 
-    use hrl_format::{Data, LogConfig, LogWriter, PointKind, Record, Tag};
     use hrl_shipper::repo::{create_key_file, Repo};
     use hrl_shipper::restore::{check, restore, PointSel};
+    use hrl_testkit::spool::{SpoolWriter, CHUNK};
     use uuid::Uuid;
 
-    const CHUNK: u32 = 65536;
     const POINTS: u64 = 8;
 
     fn spool(dir: &Path, disk: Uuid) {
-        let mut cfg = LogConfig::new(dir, disk, CHUNK, 512, 40 * CHUNK as u64);
-        cfg.rotate_bytes = 512 << 10;
-        let mut w = LogWriter::open(cfg).unwrap();
-        let mut x = disk.as_u128() as u64 | 1;
-        let mut bytes = || {
-            (0..CHUNK / 8)
-                .flat_map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()
-                })
-                .collect::<Vec<u8>>()
-        };
-        for c in 0..40u64 {
-            w.append(&Record::Data(Data {
-                offset: c * CHUNK as u64,
-                flags: 0,
-                data: bytes(),
-            }))
-            .unwrap();
-        }
+        let mut w = SpoolWriter::new(dir, disk, 40, 512 << 10, disk.as_u128() as u64);
+        w.full_copy();
         for p in 1..=POINTS {
             for c in [p % 40, (p * 7) % 40, (p * 13) % 40] {
-                w.append(&Record::Data(Data {
-                    offset: c * CHUNK as u64,
-                    flags: 0,
-                    data: bytes(),
-                }))
-                .unwrap();
+                w.random(c);
             }
-            w.append(&Record::Tag(Tag {
-                seq: p,
-                kind: PointKind::Crash,
-                aborted: false,
-                time_ns: hrl_format::now_ns(),
-                freeze_ns: 1,
-                group: None,
-            }))
-            .unwrap();
+            w.tag(p, false);
         }
-        w.close().unwrap();
+        w.close();
     }
 
     fn shipper(url: &str, key: &Path, spool: &Path, failpoint: Option<String>) -> std::process::Output {
@@ -84,8 +49,7 @@ mod matrix {
         c.output().unwrap()
     }
 
-    #[test]
-    fn a_crash_after_every_publish_step_loses_and_duplicates_nothing() {
+    pub fn a_crash_after_every_publish_step_loses_and_duplicates_nothing() {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let mut lines = Vec::new();
         let mut total_crashes = 0u64;
@@ -136,7 +100,9 @@ mod matrix {
             let o = shipper(&url, &key, &sp, None);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             let repo = rt.block_on(Repo::open(&url, &key)).unwrap();
-            let points = rt.block_on(hrl_shipper::manifest::list_points(&repo, &disk)).unwrap();
+            let points = rt
+                .block_on(hrl_shipper::repo::manifest::list_points(&repo, &disk))
+                .unwrap();
             assert_eq!(
                 points,
                 (1..=POINTS).collect::<Vec<_>>(),
@@ -174,3 +140,10 @@ mod matrix {
         );
     }
 }
+
+#[cfg(not(feature = "failpoints"))]
+hrl_testkit::tests!(Nothing: [crash_matrix_needs_the_failpoints_feature]);
+#[cfg(feature = "failpoints")]
+use matrix::a_crash_after_every_publish_step_loses_and_duplicates_nothing;
+#[cfg(feature = "failpoints")]
+hrl_testkit::tests!(Nothing: [a_crash_after_every_publish_step_loses_and_duplicates_nothing]);

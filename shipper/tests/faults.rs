@@ -9,88 +9,42 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hrl_format::{Data, LogConfig, LogWriter, PointKind, Record, Tag};
-use hrl_shipper::fault_proxy::{FaultPlan, FaultProxy};
 use hrl_shipper::repo::{create_key_file, Repo};
 use hrl_shipper::restore::{check, restore, PointSel};
 use hrl_shipper::ship::{ship, ShipOptions};
+use hrl_testkit::fault_proxy::{FaultPlan, FaultProxy};
+use hrl_testkit::spool::{SpoolWriter, CHUNK};
+use hrl_testkit::Need;
 use uuid::Uuid;
-
-const CHUNK: u32 = 65536;
-
-fn azurite() -> Option<String> {
-    match std::env::var("AZURITE_BLOB_STORAGE_URL") {
-        Ok(u) => Some(u),
-        Err(_) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("Azurite is not running (AZURITE_BLOB_STORAGE_URL unset); scripts/test.sh starts it")
-        }
-        Err(_) => {
-            eprintln!("SKIP: Azurite is not running (scripts/test.sh starts it)");
-            None
-        }
-    }
-}
 
 /// A spool written over time: an initial copy, then a point every 100 ms.
 fn write_spool(spool: &Path, disk: Uuid, chunks: u64, points: u64) -> std::thread::JoinHandle<()> {
-    let mut cfg = LogConfig::new(spool, disk, CHUNK, 512, chunks * CHUNK as u64);
-    cfg.rotate_bytes = 2 << 20;
+    let spool = spool.to_path_buf();
     std::thread::spawn(move || {
-        let mut w = LogWriter::open(cfg).unwrap();
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let chunk = |seed: u64| -> Vec<u8> {
-            let mut v = Vec::with_capacity(CHUNK as usize);
-            let mut s = seed | 1;
-            while v.len() < CHUNK as usize {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                v.extend_from_slice(&s.to_le_bytes());
-            }
-            v
-        };
-        for c in 0..chunks {
-            w.append(&Record::Data(Data {
-                offset: c * CHUNK as u64,
-                flags: 0,
-                data: chunk(rnd()),
-            }))
-            .unwrap();
-        }
+        let mut w = SpoolWriter::new(&spool, disk, chunks, 2 << 20, 0x9E37_79B9_7F4A_7C15);
+        w.full_copy();
         for p in 1..=points {
             for _ in 0..4 {
-                let c = rnd() % chunks;
-                w.append(&Record::Data(Data {
-                    offset: c * CHUNK as u64,
-                    flags: 0,
-                    data: chunk(rnd()),
-                }))
-                .unwrap();
+                let c = w.any_chunk();
+                w.random(c);
             }
-            w.append(&Record::Tag(Tag {
-                seq: p,
-                kind: PointKind::Crash,
-                aborted: false,
-                time_ns: hrl_format::now_ns(),
-                freeze_ns: 1000,
-                group: None,
-            }))
-            .unwrap();
+            w.tag(p, false);
             std::thread::sleep(Duration::from_millis(100));
         }
-        w.close().unwrap();
+        w.close();
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shipping_through_endpoint_faults_loses_nothing_and_lag_recovers() {
-    let Some(direct) = azurite() else { return };
+fn shipping_through_endpoint_faults_loses_nothing_and_lag_recovers() {
+    hrl_testkit::require(
+        "shipping_through_endpoint_faults_loses_nothing_and_lag_recovers",
+        Need::Azurite,
+    );
+    hrl_testkit::block_on(through_faults());
+}
+
+async fn through_faults() {
+    let direct = std::env::var("AZURITE_BLOB_STORAGE_URL").unwrap_or_default();
     let upstream: SocketAddr = direct
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -114,7 +68,7 @@ async fn shipping_through_endpoint_faults_loses_nothing_and_lag_recovers() {
     let points = 60u64;
     let writer = write_spool(&spool, disk, 96, points);
     let stop = Arc::new(AtomicBool::new(false));
-    let status = Arc::new(std::sync::Mutex::new(hrl_shipper::status::ShipStatus::default()));
+    let status = Arc::new(std::sync::Mutex::new(hrl_shipper::ship::status::ShipStatus::default()));
     let shipper = {
         let (url, key, spool, stop, status) = (url.clone(), key.clone(), spool.clone(), stop.clone(), status.clone());
         tokio::spawn(async move {
@@ -153,7 +107,7 @@ async fn shipping_through_endpoint_faults_loses_nothing_and_lag_recovers() {
     let verify = Repo::open(&url, &key).await.unwrap();
     let mut published;
     loop {
-        published = hrl_shipper::manifest::list_points(&verify, &disk).await.unwrap();
+        published = hrl_shipper::repo::manifest::list_points(&verify, &disk).await.unwrap();
         if published.last() == Some(&points) || off.elapsed() > Duration::from_secs(150) {
             break;
         }
@@ -209,3 +163,5 @@ async fn shipping_through_endpoint_faults_loses_nothing_and_lag_recovers() {
         ),
     );
 }
+
+hrl_testkit::tests!(Azurite: [shipping_through_endpoint_faults_loses_nothing_and_lag_recovers]);

@@ -11,53 +11,20 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use hrl_format::{Data, LogConfig, LogWriter, PointKind, Record, Tag};
 use hrl_shipper::repo::{create_key_file, pack_key, Repo};
 use uuid::Uuid;
 
-const CHUNK: u32 = 65536;
+use hrl_testkit::spool::SpoolWriter;
 
+/// A spool of 24 chunks and `points` points of one changed chunk each.
 fn spool(dir: &Path, disk: Uuid, points: u64) {
-    let mut cfg = LogConfig::new(dir, disk, CHUNK, 512, 24 * CHUNK as u64);
-    cfg.rotate_bytes = 8 << 20;
-    let mut w = LogWriter::open(cfg).unwrap();
-    let mut x = disk.as_u128() as u64 | 1;
-    let mut bytes = || {
-        (0..CHUNK / 8)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()
-            })
-            .collect::<Vec<u8>>()
-    };
-    for c in 0..24u64 {
-        w.append(&Record::Data(Data {
-            offset: c * CHUNK as u64,
-            flags: 0,
-            data: bytes(),
-        }))
-        .unwrap();
-    }
+    let mut w = SpoolWriter::new(dir, disk, 24, 8 << 20, disk.as_u128() as u64);
+    w.full_copy();
     for p in 1..=points {
-        w.append(&Record::Data(Data {
-            offset: (p % 24) * CHUNK as u64,
-            flags: 0,
-            data: bytes(),
-        }))
-        .unwrap();
-        w.append(&Record::Tag(Tag {
-            seq: p,
-            kind: PointKind::Crash,
-            aborted: false,
-            time_ns: hrl_format::now_ns(),
-            freeze_ns: 1,
-            group: None,
-        }))
-        .unwrap();
+        w.random(p % 24);
+        w.tag(p, false);
     }
-    w.close().unwrap();
+    w.close();
 }
 
 fn cli(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -181,7 +148,6 @@ impl Env {
     }
 }
 
-#[test]
 fn keys_are_checked_and_loose_or_missing_ones_refused() {
     let e = Env::new();
     let mode = |p: &Path| {
@@ -231,7 +197,6 @@ fn keys_are_checked_and_loose_or_missing_ones_refused() {
     );
 }
 
-#[test]
 fn damaged_repository_objects_are_clear_errors_that_change_nothing() {
     let e = Env::new();
     let manifest = |d: &Uuid, s: u64| e.root().join(format!("points/{d}/{s:016}"));
@@ -285,13 +250,13 @@ fn damaged_repository_objects_are_clear_errors_that_change_nothing() {
     // target is incomplete; check --read-data fails too.
     let repo = e.rt.block_on(Repo::open(&e.url, &e.key)).unwrap();
     let (_, map) =
-        e.rt.block_on(hrl_shipper::manifest::full_map(&repo, &e.disk, 1))
+        e.rt.block_on(hrl_shipper::repo::manifest::full_map(&repo, &e.disk, 1))
             .unwrap();
     let index = e.rt.block_on(repo.load_index()).unwrap();
     let ids: Vec<_> = map
         .values()
         .filter_map(|r| match r {
-            hrl_shipper::manifest::ChunkRef::Stored(id) => Some(*id),
+            hrl_shipper::repo::manifest::ChunkRef::Stored(id) => Some(*id),
             _ => None,
         })
         .collect();
@@ -328,7 +293,7 @@ fn damaged_repository_objects_are_clear_errors_that_change_nothing() {
         "chunk id pointed at another chunk's bytes",
         |root| {
             // Every index object is replaced by one that moves A.
-            let mut packs: BTreeMap<[u8; 32], Vec<(hrl_shipper::crypto::ChunkId, u64, u32)>> = BTreeMap::new();
+            let mut packs: BTreeMap<[u8; 32], Vec<(hrl_shipper::repo::crypto::ChunkId, u64, u32)>> = BTreeMap::new();
             for (id, l) in &index {
                 let l = if *id == a { lb } else { *l };
                 packs.entry(l.pack).or_default().push((*id, l.offset, l.len));
@@ -337,7 +302,7 @@ fn damaged_repository_objects_are_clear_errors_that_change_nothing() {
                 std::fs::remove_file(f.path()).unwrap();
             }
             let forged: Vec<_> = packs.into_iter().collect();
-            e.rt.block_on(hrl_shipper::pack::write_index(&repo, &forged)).unwrap();
+            e.rt.block_on(repo.write_index(&forged)).unwrap();
         },
         || e.restore(&e.disk, "1"),
         1,
@@ -353,7 +318,6 @@ fn damaged_repository_objects_are_clear_errors_that_change_nothing() {
     );
 }
 
-#[test]
 fn no_secret_reaches_the_logs_at_trace_level() {
     let e = Env::new();
     let key_hex = std::fs::read_to_string(&e.key).unwrap().trim().to_string();
@@ -433,3 +397,9 @@ fn no_secret_reaches_the_logs_at_trace_level() {
         ),
     );
 }
+
+hrl_testkit::tests!(Nothing: [
+    keys_are_checked_and_loose_or_missing_ones_refused,
+    damaged_repository_objects_are_clear_errors_that_change_nothing,
+    no_secret_reaches_the_logs_at_trace_level,
+]);

@@ -1,0 +1,123 @@
+//! One module per verb of `hrl-shipper`: its arguments (with their help
+//! text and defaults) and what it does and prints. `main.rs` only parses
+//! the command line, sets up logging and the runtime, and maps an error to
+//! its exit code.
+//!
+//! To add a command: a file here with an `Args` struct and
+//! `pub async fn run(a: Args) -> Result<u8>`, a variant in [`Cmd`], an arm
+//! in [`dispatch`], and its section in docs/operations.md.
+
+pub mod check;
+pub mod failback;
+pub mod failover;
+pub mod init;
+pub mod points;
+pub mod prune;
+pub mod restore;
+pub mod run;
+pub mod status;
+pub mod test_failover;
+pub mod verify;
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{Result, ShipError};
+use crate::repo::Repo;
+use crate::restore::PointSel;
+
+/// The repository a command works on.
+#[derive(clap::Args, Clone)]
+pub struct RepoArgs {
+    /// Repository URL: file:///path (or an absolute path), or
+    /// az://container/prefix with the AZURE_STORAGE_* variables (Azurite:
+    /// AZURE_STORAGE_USE_EMULATOR and AZURITE_BLOB_STORAGE_URL).
+    #[arg(long)]
+    pub repo: String,
+    /// Key file (64 hex characters, mode 0600).
+    #[arg(long, env = "HRL_KEY_FILE")]
+    pub key_file: PathBuf,
+}
+
+impl RepoArgs {
+    pub async fn open(&self) -> Result<Repo> {
+        Repo::open(&self.repo, &self.key_file).await
+    }
+}
+
+/// Which disk and point.
+#[derive(clap::Args, Clone)]
+pub struct PointArgs {
+    /// The disk's id (`hrl-shipper points` lists them).
+    #[arg(long)]
+    pub disk: Uuid,
+    /// `latest` or a point sequence.
+    #[arg(long, default_value = "latest")]
+    pub point: PointSel,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Create a repository (and the key file, 0600, if it does not exist).
+    Init(init::Args),
+    /// Ship the spool: follow it (daemon) or, with --once, ship what is there.
+    Run(Box<run::Args>),
+    /// What a running shipper reports (read from the spool's status file).
+    Status(status::Args),
+    /// List published points (with --group: the group's points, and
+    /// whether every member is published).
+    Points(points::Args),
+    /// Restore a point to an image file or a block device; with --group,
+    /// every member of a complete group point into --to-dir.
+    Restore(restore::Args),
+    /// Restore a point for real and record that the disk failed over: from
+    /// then on, a shipper of the old source refuses to publish its points.
+    Failover(failover::Args),
+    /// Restore a point into a scratch target, run a check command on it,
+    /// report, and remove the target. Replication is not touched.
+    TestFailover(test_failover::Args),
+    /// Bring an existing device or image to a point, writing only the
+    /// chunks that differ.
+    Failback(failback::Args),
+    /// Compare a device or image with a point by hash; exit 1 on any difference.
+    Verify(verify::Args),
+    /// Remove points outside a retention policy and the packs only they
+    /// needed. The newest point of every disk is always kept.
+    Prune(prune::Args),
+    /// Check the repository: every referenced chunk exists; with
+    /// --read-data, every chunk decrypts and hashes to its id.
+    Check(check::Args),
+}
+
+/// Runs a parsed command; the exit code on success (1: it ran, but found
+/// a difference or a problem).
+pub async fn dispatch(cmd: Cmd) -> Result<u8> {
+    match cmd {
+        Cmd::Init(a) => init::run(a).await,
+        Cmd::Run(a) => run::run(*a).await,
+        Cmd::Status(a) => status::run(a),
+        Cmd::Points(a) => points::run(a).await,
+        Cmd::Restore(a) => restore::run(a).await,
+        Cmd::Failover(a) => failover::run(a).await,
+        Cmd::TestFailover(a) => test_failover::run(a).await,
+        Cmd::Failback(a) => failback::run(a).await,
+        Cmd::Verify(a) => verify::run(a).await,
+        Cmd::Prune(a) => prune::run(a).await,
+        Cmd::Check(a) => check::run(a).await,
+    }
+}
+
+/// One JSON document on stdout.
+pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    let s = serde_json::to_string(v).map_err(|e| ShipError::Internal(format!("encode JSON output: {e}")))?;
+    println!("{s}");
+    Ok(())
+}
+
+/// Whether stderr is a terminal (progress bars go there).
+pub fn stderr_is_terminal() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+}

@@ -1,0 +1,87 @@
+//! `hrl-shipper restore`: a point onto an image file or block device, or
+//! every member of a group point into a directory.
+
+use std::path::PathBuf;
+
+use uuid::Uuid;
+
+use super::{print_json, stderr_is_terminal, RepoArgs};
+use crate::error::{Result, ShipError};
+use crate::restore::group::restore_group;
+use crate::restore::PointSel;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    r: RepoArgs,
+    /// The disk's id (`hrl-shipper points` lists them).
+    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+    disk: Option<Uuid>,
+    /// Restore every member of a complete point of this consistency group.
+    #[arg(long, requires = "to_dir")]
+    group: Option<String>,
+    /// `latest` or a point sequence (with --group: a group sequence).
+    #[arg(long, default_value = "latest")]
+    point: PointSel,
+    /// The target: a new image file or a block device at least as large as the disk.
+    #[arg(long, required_unless_present = "group")]
+    to: Option<PathBuf>,
+    /// With --group: the directory for the members' images (<disk id>.img).
+    #[arg(long)]
+    to_dir: Option<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(a: Args) -> Result<u8> {
+    let repo = a.r.open().await?;
+    if let (Some(group), Some(dir)) = (&a.group, &a.to_dir) {
+        let reps = restore_group(&repo, group, a.point, dir).await?;
+        for rep in &reps {
+            if a.json {
+                print_json(rep)?;
+            } else {
+                println!(
+                    "restored disk {} point {} to {} ({:.1}s), every chunk verified",
+                    rep.disk,
+                    rep.point,
+                    rep.target.display(),
+                    rep.seconds
+                );
+            }
+        }
+        if !a.json {
+            println!("group {group}: {} members restored into {}", reps.len(), dir.display());
+        }
+        return Ok(0);
+    }
+    let (Some(disk), Some(to)) = (a.disk, &a.to) else {
+        return Err(ShipError::Usage(
+            "restore needs --disk and --to (or --group and --to-dir)".into(),
+        ));
+    };
+    let rep = crate::restore::restore(&repo, &disk, a.point, to, stderr_is_terminal() || !a.json).await?;
+    if a.json {
+        return print_json(&rep).map(|()| 0);
+    }
+    println!(
+        "restored point {} ({:?}) of disk {} to {}: {} disk, {} of data written in {:.2}s ({:.0} MiB/s of data), {} stored and {} zero chunks, every chunk verified",
+        rep.point,
+        rep.kind,
+        rep.disk,
+        rep.target.display(),
+        hrl_format::human_bytes(rep.device_size),
+        hrl_format::human_bytes(rep.bytes_written),
+        rep.seconds,
+        rep.bytes_written as f64 / 1048576.0 / rep.seconds.max(1e-9),
+        rep.stored_chunks,
+        rep.zero_chunks
+    );
+    if rep.kind == hrl_format::PointKind::Fuzzy {
+        println!(
+            "note: this point is FUZZY (the disk had no frozen filesystem): it is not an exact image of one moment"
+        );
+    }
+    Ok(0)
+}

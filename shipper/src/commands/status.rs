@@ -1,0 +1,59 @@
+//! `hrl-shipper status`: what a running shipper reports, from the spool's
+//! status file (exit 1 when nobody has updated it for 10 s).
+
+use std::path::PathBuf;
+
+use crate::error::{Result, ShipError};
+use crate::ship::status::load;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The spool the shipper follows (its status file is there).
+    #[arg(long)]
+    spool: PathBuf,
+    /// Print the status as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<u8> {
+    let st = load(&a.spool)?;
+    let age = hrl_format::now_ns().saturating_sub(st.updated_ns) as f64 / 1e9;
+    if a.json {
+        let s = serde_json::to_string_pretty(&st).map_err(|e| ShipError::Internal(format!("encode status: {e}")))?;
+        println!("{s}");
+    } else {
+        println!(
+            "shipper pid {} -> {}: {} points published, {} shipped, {} uploaded, {} endpoint errors",
+            st.pid,
+            st.repo,
+            st.points_published,
+            hrl_format::human_bytes(st.data_bytes),
+            hrl_format::human_bytes(st.upload_bytes),
+            st.endpoint_errors
+        );
+        println!("{:<36} {:>8} {:>10} {:>12}  RPO", "DISK", "POINT", "RPO", "UNPUBLISHED");
+        for (d, ds) in &st.disks {
+            println!(
+                "{:<36} {:>8} {:>10} {:>12}  {}",
+                d.to_string(),
+                ds.last_point.map_or("-".into(), |p| p.to_string()),
+                ds.rpo_seconds.map_or("-".into(), |r| format!("{r:.1}s")),
+                hrl_format::human_bytes(ds.unpublished_bytes),
+                if ds.rpo_exceeded { "EXCEEDED rpo_warn" } else { "ok" }
+            );
+        }
+        if let Some(e) = &st.last_error {
+            println!("last error: {e}");
+        }
+        if let Some(m) = &st.metrics {
+            println!("metrics: http://{m}/metrics");
+        }
+    }
+    // A status file nobody updates: the shipper is not running.
+    if age > 10.0 {
+        eprintln!("hrl-shipper: the status is {age:.0}s old: is the shipper running on this spool?");
+        return Ok(1);
+    }
+    Ok(0)
+}

@@ -1,0 +1,96 @@
+//! `hrl-shipper test-failover`: restore a point into a scratch target, run
+//! a check on it, report, and remove the target (unless `--keep`).
+//! Replication is not touched.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::{PointArgs, RepoArgs};
+use crate::error::{Result, ShipError};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    r: RepoArgs,
+    #[command(flatten)]
+    p: PointArgs,
+    /// The scratch target: a new image file (it must not exist).
+    #[arg(long)]
+    to: PathBuf,
+    /// A shell command run on the restored target; `{}` is replaced by the
+    /// target's path (quoted), e.g. "e2fsck -fn {}". Exit 0 passes.
+    #[arg(long)]
+    check: Option<String>,
+    /// Keep the scratch target.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// `s` as one word for `sh -c`, whatever characters it holds.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Runs the check; Ok(passed), or Err when it could not start.
+fn run_check(cmd: &str, to: &Path) -> Result<bool> {
+    let cmd = cmd.replace("{}", &shell_quote(&to.display().to_string()));
+    let t = Instant::now();
+    let st = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&cmd)
+        .status()
+        .map_err(|e| ShipError::io("/bin/sh", "run check", e))?;
+    let ok = st.success();
+    println!(
+        "test failover: check `{cmd}` {} in {:.1}s",
+        if ok { "PASSED" } else { "FAILED" },
+        t.elapsed().as_secs_f64()
+    );
+    Ok(ok)
+}
+
+pub async fn run(a: Args) -> Result<u8> {
+    let repo = a.r.open().await?;
+    let PointArgs { disk, point } = a.p;
+    if a.to.exists() {
+        return Err(ShipError::Usage(format!(
+            "{}: the scratch target exists; test-failover writes a new one and removes it after",
+            a.to.display()
+        )));
+    }
+    let restored = crate::restore::restore(&repo, &disk, point, &a.to, true).await;
+    let checked = restored.and_then(|rep| {
+        println!(
+            "test failover: restored point {} of disk {disk} to {} in {:.1}s",
+            rep.point,
+            a.to.display(),
+            rep.seconds
+        );
+        a.check.as_deref().map_or(Ok(true), |c| run_check(c, &a.to))
+    });
+    // The scratch target goes whatever happened (a failed restore or a
+    // check that could not start included), unless asked to keep it.
+    if a.keep {
+        println!("test failover: kept {}", a.to.display());
+    } else if a.to.exists() {
+        std::fs::remove_file(&a.to).map_err(|e| ShipError::io(&a.to, "remove scratch target", e))?;
+    }
+    Ok(if checked? { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn a_path_is_one_word_for_the_shell() {
+        for p in ["/tmp/a b", "/tmp/x;rm -rf y", "/tmp/it's", "/tmp/$(id)"] {
+            let out = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(p)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), p);
+        }
+    }
+}

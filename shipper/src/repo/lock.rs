@@ -1,0 +1,78 @@
+//! The prune lock (`locks/prune`): prune takes it with a conditional
+//! create; shippers wait while a live prune holds it, so a point is never
+//! published against packs a prune is deleting.
+
+use std::time::Duration;
+
+use super::repository::Repo;
+use crate::error::{Result, ShipError};
+
+/// The lock object prune holds.
+pub const LOCK: &str = "locks/prune";
+
+/// A lock older than this was left by a prune that died: shippers stop
+/// waiting for it and a new prune takes it over.
+pub const STALE_LOCK: Duration = Duration::from_secs(6 * 3600);
+
+/// Takes the prune lock (conditional create). A stale lock is replaced.
+pub async fn take(repo: &Repo) -> Result<()> {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "host": hostname(),
+        "pid": std::process::id(),
+        "time_ns": hrl_format::now_ns(),
+    }))
+    .map_err(|e| ShipError::Internal(format!("encode the prune lock: {e}")))?;
+    if repo.put_new(LOCK, body.clone()).await? {
+        return Ok(());
+    }
+    match lock_age(repo).await? {
+        Some(age) if age > STALE_LOCK => {
+            tracing::warn!(age_s = age.as_secs(), "replacing a stale prune lock");
+            repo.put(LOCK, body, false).await
+        }
+        Some(age) => Err(ShipError::Usage(format!(
+            "another prune holds {LOCK} (taken {}s ago); wait for it, or delete the object if that prune is dead",
+            age.as_secs()
+        ))),
+        // Released between the two looks: try once more.
+        None if repo.put_new(LOCK, body).await? => Ok(()),
+        None => Err(ShipError::Usage(format!("another prune took {LOCK} just now"))),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Age of the prune lock, if it exists.
+pub async fn lock_age(repo: &Repo) -> Result<Option<Duration>> {
+    if !repo.exists(LOCK).await? {
+        return Ok(None);
+    }
+    let b = repo.get(LOCK).await?;
+    let t = serde_json::from_slice::<serde_json::Value>(&b)
+        .ok()
+        .and_then(|v| v.get("time_ns")?.as_u64())
+        .unwrap_or(0);
+    Ok(Some(Duration::from_nanos(hrl_format::now_ns().saturating_sub(t))))
+}
+
+/// For shippers: waits while a (non-stale) prune holds the lock. Returns
+/// whether it waited.
+pub async fn wait_unlocked(repo: &Repo) -> Result<bool> {
+    let mut waited = false;
+    while let Some(age) = lock_age(repo).await? {
+        if age > STALE_LOCK {
+            tracing::warn!(age_s = age.as_secs(), "ignoring a stale prune lock");
+            break;
+        }
+        if !waited {
+            tracing::info!("prune running: waiting before publishing");
+            waited = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(waited)
+}

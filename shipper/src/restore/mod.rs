@@ -1,0 +1,89 @@
+//! Restore a point to an image file or block device, compare a device
+//! with a point (verify), bring a device back to a point by writing only
+//! what differs (failback), and check a repository.
+//!
+//! Owns: promise 3 (exact points, byte for byte) and promise 4 on the way
+//! out (every chunk is authenticated and re-hashed before it is written;
+//! any failure names the chunk and pack and says the target is incomplete).
+//! It writes only the target it is given.
+
+pub mod check;
+pub mod group;
+mod image;
+pub mod verify;
+pub mod write;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::error::{Result, ShipError};
+use crate::repo::manifest::{self, ChunkRef};
+use crate::repo::Repo;
+
+pub use check::{check, CheckReport, Problem};
+pub use image::{failback, restore};
+pub use verify::{verify, Difference};
+
+/// Which point.
+#[derive(Debug, Clone, Copy)]
+pub enum PointSel {
+    Latest,
+    Seq(u64),
+}
+
+impl std::str::FromStr for PointSel {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "latest" {
+            Ok(PointSel::Latest)
+        } else {
+            s.parse()
+                .map(PointSel::Seq)
+                .map_err(|_| format!("{s:?}: expected `latest` or a point sequence"))
+        }
+    }
+}
+
+/// The sequence of point `p` of `disk`.
+pub async fn resolve(repo: &Repo, disk: &Uuid, p: PointSel) -> Result<u64> {
+    match p {
+        PointSel::Seq(s) => Ok(s),
+        PointSel::Latest => manifest::list_points(repo, disk)
+            .await?
+            .last()
+            .copied()
+            .ok_or_else(|| ShipError::Point {
+                disk: disk.to_string(),
+                why: "has no published point".into(),
+            }),
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub disk: Uuid,
+    pub point: u64,
+    pub kind: hrl_format::PointKind,
+    pub device_size: u64,
+    pub chunks: u64,
+    pub stored_chunks: u64,
+    pub zero_chunks: u64,
+    pub bytes_written: u64,
+    pub bytes_fetched: u64,
+    pub seconds: f64,
+    pub target: PathBuf,
+    /// Failback: chunks of the target read and hashed.
+    pub compared: u64,
+    /// Failback: chunks already right, not written.
+    pub skipped: u64,
+}
+
+/// Whether the target's chunk already holds what the point says.
+pub(crate) fn same(repo: &Repo, r: &ChunkRef, have: &[u8]) -> bool {
+    match r {
+        ChunkRef::Zero => have.iter().all(|&b| b == 0),
+        ChunkRef::Stored(id) => repo.keys.chunk_id(have) == *id,
+    }
+}

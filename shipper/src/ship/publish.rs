@@ -1,0 +1,204 @@
+//! Publishing a point, in the order of promise 2 (docs/guarantees.md):
+//! packs → index → manifest → group member object → cursor → delete what
+//! is wholly shipped → window journal. A manifest is written only after
+//! every pack and index it needs is durable; the cursor moves only after
+//! the manifest.
+
+use hrl_format::Tag;
+
+use super::disk::{DiskShipper, Publish};
+use super::known::Known;
+use super::options::ShipOptions;
+use super::status::ShipReport;
+use crate::error::{Result, ShipError};
+use crate::repo::manifest::{self, ChunkRef, GroupRef, PointHeader};
+use crate::repo::Repo;
+
+impl DiskShipper {
+    /// Publishes the point `p.tag` closes.
+    pub(super) async fn publish(&mut self, p: Publish<'_>, known: &mut Known, report: &mut ShipReport) -> Result<()> {
+        let (repo, opts, tag) = (p.repo, p.opts, p.tag);
+        // 1. packs, 2. index: durable before the manifest that needs them.
+        self.flush_pack(repo, opts, report).await?;
+        self.wait_uploads().await?;
+        crash_point!("ship-packs-written");
+        if !self.unindexed.is_empty() {
+            let key = repo.write_index(&self.unindexed).await?;
+            crash_point!("ship-index-written");
+            known.keys.insert(key);
+            self.unindexed.clear();
+            known.index.extend(self.pending.drain());
+        }
+        if !self.complete_after_prune(repo, known, opts, report, tag.seq).await? {
+            return Ok(());
+        }
+        crate::repo::fence::check_fence(repo, &self.disk).await?;
+        // 3. manifest (once: a re-shipped point after a crash is not written again).
+        let group = self.group_ref(tag);
+        let key = manifest::point_key(&self.disk, tag.seq);
+        if repo.exists(&key).await? {
+            report.points_already_published += 1;
+        } else {
+            self.write_manifest(&p, &key, group.clone(), report).await?;
+        }
+        // 3b. the group member object, after the manifest it names (again
+        // after a crash: it is idempotent).
+        if let Some(g) = &group {
+            crate::repo::groups::publish_member(repo, g, &self.disk, tag.seq).await?;
+        }
+        self.last_published_ns = Some(tag.time_ns);
+        self.last_published_seq = Some(tag.seq);
+        self.window.clear();
+        self.window_log.clear();
+        self.window_data = 0;
+        self.window_new = 0;
+        // 4. cursor, 5. delete what is wholly shipped, then the journal of
+        // the window just published.
+        self.advance(opts, p.next, report)?;
+        crate::ship::journal::remove(&opts.spool, &self.disk)
+    }
+
+    /// Prune: waits while it runs; if it replaced index objects, checks
+    /// that every chunk this point uses still exists, else ships the point
+    /// again from the cursor (the spool still holds it): false then.
+    async fn complete_after_prune(
+        &mut self,
+        repo: &Repo,
+        known: &mut Known,
+        opts: &ShipOptions,
+        report: &mut ShipReport,
+        seq: u64,
+    ) -> Result<bool> {
+        let waited = crate::repo::lock::wait_unlocked(repo).await?;
+        if !waited && !known.changed(repo).await? {
+            return Ok(true);
+        }
+        *known = Known::load(repo).await?;
+        let missing = |w: &DiskShipper| {
+            w.window
+                .values()
+                .filter(|r| matches!(r, ChunkRef::Stored(id) if !known.index.contains_key(id)))
+                .count()
+        };
+        if missing(self) == 0 {
+            return Ok(true);
+        }
+        tracing::warn!(disk = %self.disk, point = seq, missing = missing(self), "prune removed chunks this point uses: shipping it again from the cursor");
+        self.reset(&opts.spool)?;
+        report.points_reshipped += 1;
+        // What the window journal holds cannot be read again from the
+        // spool: if prune took any of it, say so plainly.
+        let lost = missing(self);
+        if lost > 0 {
+            return Err(ShipError::Point {
+                disk: self.disk.to_string(),
+                why: format!(
+                    "{lost} chunks of the journaled (not yet published) window were pruned; prune keeps packs younger than --pack-grace for this reason. Restart the agent for this disk: its resync sends the data again"
+                ),
+            });
+        }
+        Ok(false)
+    }
+
+    /// The group point the tag belongs to, from the Group record before it.
+    fn group_ref(&mut self, tag: &Tag) -> Option<GroupRef> {
+        match (tag.group, self.group.take()) {
+            (Some(id), Some(g)) if g.id == id => Some(GroupRef {
+                id,
+                name: g.name,
+                seq: g.seq,
+                members: g.members,
+            }),
+            (Some(id), _) => {
+                tracing::warn!(disk = %self.disk, point = tag.seq, group = %id, "tag names a group point but no Group record precedes it: published as a plain point");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Points since the last checkpoint up to `earlier`'s newest, counting
+    /// it: remembered from the last publish when the base is unchanged,
+    /// else counted by walking back through the manifests.
+    async fn since_checkpoint(&self, repo: &Repo, earlier: &[u64]) -> Result<u64> {
+        match (earlier.last().copied(), self.since_cp) {
+            (None, _) => Ok(u64::MAX),
+            (Some(b), Some((last, n))) if b == last => Ok(n),
+            (Some(_), _) => {
+                let mut n = 0;
+                for &s in earlier.iter().rev() {
+                    n += 1;
+                    if manifest::load(repo, &self.disk, s).await?.0.checkpoint {
+                        break;
+                    }
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    /// Writes the point's manifest: a delta on the previous point, or a
+    /// full checkpoint every `checkpoint_every` points.
+    async fn write_manifest(
+        &mut self,
+        p: &Publish<'_>,
+        key: &str,
+        group: Option<GroupRef>,
+        report: &mut ShipReport,
+    ) -> Result<()> {
+        let (repo, header, tag) = (p.repo, p.header, p.tag);
+        let earlier: Vec<u64> = manifest::list_points(repo, &self.disk)
+            .await?
+            .into_iter()
+            .filter(|&s| s < tag.seq)
+            .collect();
+        let base = earlier.last().copied();
+        let since_cp = self.since_checkpoint(repo, &earlier).await?;
+        let checkpoint = base.is_none() || since_cp >= repo.config.checkpoint_every;
+        let chunks = header.device_size.div_ceil(header.chunk_size as u64);
+        let map = match (checkpoint, base) {
+            (true, Some(b)) => {
+                let (_, mut full) = manifest::full_map(repo, &self.disk, b).await?;
+                full.extend(std::mem::take(&mut self.window));
+                full
+            }
+            _ => std::mem::take(&mut self.window),
+        };
+        if checkpoint && (map.len() as u64) < chunks {
+            return Err(ShipError::Point {
+                disk: self.disk.to_string(),
+                why: format!(
+                    "point {} would be a checkpoint but covers {} of {} chunks: the spool does not start with the disk's initial sync (was it shipped elsewhere?)",
+                    tag.seq,
+                    map.len(),
+                    chunks
+                ),
+            });
+        }
+        let h = PointHeader {
+            disk: self.disk,
+            seq: tag.seq,
+            kind: tag.kind,
+            time_ns: tag.time_ns,
+            freeze_ns: tag.freeze_ns,
+            device_size: header.device_size,
+            chunk_size: header.chunk_size,
+            checkpoint,
+            base,
+            entries: map.len() as u64,
+            new_bytes: self.window_new,
+            data_bytes: self.window_data,
+            published_ns: hrl_format::now_ns(),
+            group,
+        };
+        let body = manifest::encode(repo, &h, &map)?;
+        report.upload_bytes += body.len() as u64;
+        repo.put(key, body, true).await?;
+        crash_point!("ship-manifest-written");
+        self.since_cp = Some((tag.seq, if checkpoint { 1 } else { since_cp.saturating_add(1) }));
+        report.points_published += 1;
+        report.published.push((self.disk, tag.seq));
+        tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
+        Ok(())
+    }
+}
