@@ -85,6 +85,10 @@ fn a_full_spool_filesystem_means_bitmap_mode_not_a_crash_and_the_next_point_is_e
             "0",
             "--spool-limit",
             "64GiB",
+            // The hook hashes all 384 MiB inside the freeze; on a loaded
+            // 2-core machine that can take more than the default 2 s.
+            "--max-freeze",
+            "10s",
             "--while-frozen",
             &hook,
         ],

@@ -9,11 +9,13 @@
 //! * [`agent`]: a running `hrl-agent` and what it wrote.
 //! * [`spool`]: spools written by test code (what an agent would write).
 //! * [`fault_proxy`]: a loopback proxy that injects endpoint faults.
+//! * [`store`]: an `ObjectStore` wrapper that fails writes on demand.
 //! * [`Rng`]: a small seeded PRNG, so failures reproduce.
 
 pub mod agent;
 pub mod fault_proxy;
 pub mod spool;
+pub mod store;
 pub mod sys;
 
 use std::path::{Path, PathBuf};

@@ -138,12 +138,8 @@ impl Coordinator<'_> {
             },
         };
         res.members = members.iter().map(|m| m.disks).sum();
-        let t0 = Instant::now();
-        match self.steps(&mut members, point, &mut res, t0) {
-            Ok(()) => {
-                res.window_ms = t0.elapsed().as_secs_f64() * 1e3;
-                self.members = Some(members);
-            }
+        match self.steps(&mut members, point, &mut res) {
+            Ok(()) => self.members = Some(members),
             Err(why) => {
                 // Best effort, no answer read: the connections are dropped
                 // next, which makes every member thaw anyway.
@@ -167,13 +163,13 @@ impl Coordinator<'_> {
         members: &mut [Member],
         point: &GroupPoint,
         res: &mut GroupResult,
-        t0: Instant,
     ) -> std::result::Result<(), String> {
         // 1. prepare (outside any freeze; a generous limit, no deadline).
         let req = self.next_req();
         let prepared = Instant::now() + Duration::from_secs(120);
         exchange(members, &Command::Prepare { req }, prepared, "prepare")?;
-        // 2. freeze barrier with a deadline.
+        // 2. freeze barrier with a deadline, counted from the freeze order.
+        let t0 = Instant::now();
         let req = self.next_req();
         let freeze = Command::Freeze {
             req,
@@ -208,6 +204,7 @@ impl Coordinator<'_> {
         }
         // A member whose commit failed (its watchdog thawed first) has an
         // aborted tag: the group point is incomplete and never published.
+        res.window_ms = t0.elapsed().as_secs_f64() * 1e3;
         res.ok = errs.is_empty() && res.points.len() as u32 == res.members;
         if !errs.is_empty() {
             res.error = Some(errs.join("; "));

@@ -26,6 +26,17 @@ type Events = Arc<Mutex<Vec<(Uuid, Instant, Instant, bool)>>>;
 /// A disk worker that answers group requests: prepare fails on the calls
 /// listed in `fail_prepare` (1-based), a freeze holds until the decision.
 fn fake_worker(name: &str, fail_prepare: Vec<u32>, events: Events, stop: Arc<AtomicBool>) -> DiskHandle {
+    slow_worker(name, fail_prepare, Duration::ZERO, events, stop)
+}
+
+/// [`fake_worker`] whose prepare takes `prepare_time`.
+fn slow_worker(
+    name: &str,
+    fail_prepare: Vec<u32>,
+    prepare_time: Duration,
+    events: Events,
+    stop: Arc<AtomicBool>,
+) -> DiskHandle {
     let (tx, rx) = channel::<Request>();
     let disk = name.to_string();
     std::thread::spawn(move || {
@@ -37,6 +48,7 @@ fn fake_worker(name: &str, fail_prepare: Vec<u32>, events: Events, stop: Arc<Ato
             };
             match req {
                 Request::GroupPrepare { reply } => {
+                    std::thread::sleep(prepare_time);
                     prepares += 1;
                     let r = if fail_prepare.contains(&prepares) {
                         Err(format!("disk {disk}: prepare failed (test)"))
@@ -139,6 +151,29 @@ fn a_failed_prepare_aborts_one_round_and_the_next_rounds_freeze_together() {
             r.seq
         );
     }
+}
+
+#[test]
+fn a_slow_prepare_does_not_eat_the_freeze_deadline() {
+    // The deadline bounds the freeze barrier only: members may take their
+    // time to flush and pre-copy before it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let events: Events = Arc::default();
+    let h = slow_worker("slow", vec![], Duration::from_millis(400), events.clone(), stop.clone());
+    let addr = serve_with_key("g", "127.0.0.1:0", KEY, vec![h], stop.clone()).unwrap();
+    let o = CoordinateOptions {
+        group: "g".into(),
+        members: vec![addr.to_string(), member("fast", vec![], &events, &stop)],
+        key: KEY,
+        deadline: Duration::from_millis(200),
+        interval: Duration::from_millis(10),
+        count: 2,
+        pause_frozen: Duration::ZERO,
+    };
+    let mut results: Vec<GroupResult> = Vec::new();
+    coordinate(&o, &AtomicBool::new(false), |r| results.push(r.clone())).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(results.iter().all(|r| r.ok), "{results:?}");
 }
 
 fn session(addr: &str) -> Channel {

@@ -21,4 +21,4 @@ pub mod pack;
 pub mod repository;
 
 pub use pack::{pack_key, Location};
-pub use repository::{create_key_file, parse_az, read_key_file, store_for, Repo, RepoConfig};
+pub use repository::{create_key_file, parse_az, read_key_file, store_for, Repo, RepoConfig, Store};

@@ -37,6 +37,38 @@ struct WrappedKey {
     nonce_and_ciphertext: String,
 }
 
+/// Where a repository lives: any `ObjectStore`, the URL it is named by in
+/// messages, and for `file://` the local directory (objects written there
+/// are fsynced). Tests build one on `object_store::memory::InMemory` or a
+/// wrapper that throttles or fails requests.
+#[derive(Clone)]
+pub struct Store {
+    pub store: Arc<dyn ObjectStore>,
+    pub url: String,
+    pub local_root: Option<PathBuf>,
+}
+
+impl Store {
+    /// Any store, named `url` in messages.
+    pub fn new(store: Arc<dyn ObjectStore>, url: &str) -> Self {
+        Store {
+            store,
+            url: url.into(),
+            local_root: None,
+        }
+    }
+
+    /// The store a repository URL names (see [`store_for`]).
+    pub fn for_url(url: &str) -> Result<Self> {
+        let (store, local_root) = store_for(url)?;
+        Ok(Store {
+            store,
+            url: url.into(),
+            local_root,
+        })
+    }
+}
+
 /// An open repository.
 /// Cheap to clone (the store is shared): uploads run as their own tasks.
 #[derive(Clone)]
@@ -185,12 +217,25 @@ impl Repo {
         pack_size: u64,
         checkpoint_every: u64,
     ) -> Result<Repo> {
+        let st = Store::for_url(url)?;
         if let Some((container, _)) = parse_az(url) {
             if crate::repo::azure::create_container(&container).await? {
                 tracing::info!(container = %container, "created the container");
             }
         }
-        let (store, local_root) = store_for(url)?;
+        Self::init_in(st, key_file, chunk_size, pack_size, checkpoint_every).await
+    }
+
+    /// [`Repo::init`] in any store.
+    pub async fn init_in(
+        st: Store,
+        key_file: &Path,
+        chunk_size: u32,
+        pack_size: u64,
+        checkpoint_every: u64,
+    ) -> Result<Repo> {
+        let Store { store, url, local_root } = st;
+        let url = url.as_str();
         if store.head(&ObjPath::from("config")).await.is_ok() {
             return Err(ShipError::RepositoryExists { url: url.into() });
         }
@@ -242,7 +287,13 @@ impl Repo {
 
     /// Opens a repository with `key_file`.
     pub async fn open(url: &str, key_file: &Path) -> Result<Repo> {
-        let (store, local_root) = store_for(url)?;
+        Self::open_in(Store::for_url(url)?, key_file).await
+    }
+
+    /// [`Repo::open`] in any store.
+    pub async fn open_in(st: Store, key_file: &Path) -> Result<Repo> {
+        let Store { store, url, local_root } = st;
+        let url = url.as_str();
         let raw = match store.get(&ObjPath::from("config")).await {
             Ok(r) => r.bytes().await.map_err(|e| ShipError::Store {
                 url: url.into(),
