@@ -83,6 +83,17 @@ pub fn require(test: &str, need: Need) {
     }
 }
 
+/// The test of a crash-matrix binary built without its `failpoints`
+/// feature: it says so, and fails under CI=true (scripts/test.sh enables
+/// the feature).
+pub fn failpoints_missing(feature: &str) {
+    let why = format!("built without --features {feature}: the crash matrix did not run");
+    if in_ci() {
+        panic!("{why} (scripts/test.sh enables it)");
+    }
+    eprintln!("SKIP {why}");
+}
+
 /// One test for the harness: ignored (the reason on stderr) when its need
 /// is not met, unless CI=true.
 pub fn trial(name: &'static str, need: Need, f: fn()) -> libtest_mimic::Trial {
