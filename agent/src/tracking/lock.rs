@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{AgentError, Result};
 use crate::tracking::device::BlockDevice;
 
-/// Directory of device locks.
-pub const LOCK_DIR: &str = "/run/hrl";
+pub use hrl_common::devlock::LOCK_DIR;
 
 /// A held device lock.
 pub struct DeviceLock {
@@ -27,7 +26,7 @@ impl DeviceLock {
 
     pub fn acquire_in(dir: &Path, dev: &BlockDevice) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| AgentError::io(dir, "create lock directory", e))?;
-        let path = dir.join(format!("dev-{}-{}.lock", dev.dev.0, dev.dev.1));
+        let path = hrl_common::devlock::lock_path(dir, dev.dev.0 as u64, dev.dev.1 as u64);
         let mut f = OpenOptions::new()
             .read(true)
             .write(true)

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::{PointArgs, RepoArgs};
 use crate::error::{Result, ShipError};
 use crate::repo::fence::{check_fence, record, FailoverRecord};
+use crate::restore::PointSel;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -13,7 +14,8 @@ pub struct Args {
     r: RepoArgs,
     #[command(flatten)]
     p: PointArgs,
-    /// The target: a new image file or a block device at least as large as the disk.
+    /// The target: a new image file or a block device at least as large as
+    /// the disk, neither mounted nor tracked by an agent.
     #[arg(long)]
     to: PathBuf,
     /// Fail over again although the disk already failed over (the new
@@ -21,6 +23,38 @@ pub struct Args {
     /// recorded one).
     #[arg(long)]
     force: bool,
+    /// Do not ask for confirmation (needed off a terminal, e.g. in scripts).
+    #[arg(long)]
+    yes: bool,
+}
+
+/// Says what failover will do and asks on a terminal; off a terminal only
+/// `--yes` lets it go ahead.
+fn confirm(a: &Args, seq: u64) -> Result<()> {
+    if a.yes {
+        return Ok(());
+    }
+    let what = format!(
+        "failover restores point {seq} of disk {} onto {}, then records failover/{} in the repository: from then on the shippers of the old source refuse to publish points of this disk (its replication stops).",
+        a.p.disk,
+        a.to.display(),
+        a.p.disk
+    );
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(ShipError::Usage(format!(
+            "{what}
+Not on a terminal to confirm: pass --yes to fail over. Nothing was done."
+        )));
+    }
+    eprint!("{what}\nType yes to fail over: ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| ShipError::io("stdin", "read confirmation", e))?;
+    if line.trim() != "yes" {
+        return Err(ShipError::Usage("failover not confirmed; nothing was done".into()));
+    }
+    Ok(())
 }
 
 pub async fn run(a: Args) -> Result<u8> {
@@ -39,7 +73,9 @@ pub async fn run(a: Args) -> Result<u8> {
             Err(e) => return Err(e),
         }
     }
-    let rep = crate::restore::restore(&repo, &disk, point, &a.to, true).await?;
+    let seq = crate::restore::resolve(&repo, &disk, point).await?;
+    confirm(&a, seq)?;
+    let rep = crate::restore::restore(&repo, &disk, PointSel::Seq(seq), &a.to, true).await?;
     let rec = FailoverRecord {
         disk,
         point: rep.point,

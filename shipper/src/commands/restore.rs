@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{print_json, stderr_is_terminal, RepoArgs};
 use crate::error::{Result, ShipError};
 use crate::restore::group::restore_group;
-use crate::restore::PointSel;
+use crate::restore::{restore_to, PointSel, RestoreOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,7 +23,8 @@ pub struct Args {
     /// `latest` or a point sequence (with --group: a group sequence).
     #[arg(long, default_value = "latest")]
     point: PointSel,
-    /// The target: a new image file or a block device at least as large as the disk.
+    /// The target: a new image file (created 0600) or a block device at
+    /// least as large as the disk, neither mounted nor tracked by an agent.
     #[arg(long, required_unless_present = "group")]
     to: Option<PathBuf>,
     /// With --group: the directory for the members' images (<disk id>.img).
@@ -32,6 +33,10 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Overwrite an existing non-empty image file given as --to (a mounted
+    /// or tracked device is refused even so).
+    #[arg(long)]
+    force: bool,
 }
 
 pub async fn run(a: Args) -> Result<u8> {
@@ -61,7 +66,11 @@ pub async fn run(a: Args) -> Result<u8> {
             "restore needs --disk and --to (or --group and --to-dir)".into(),
         ));
     };
-    let rep = crate::restore::restore(&repo, &disk, a.point, to, stderr_is_terminal() || !a.json).await?;
+    let o = RestoreOptions {
+        progress: stderr_is_terminal() || !a.json,
+        force: a.force,
+    };
+    let rep = restore_to(&repo, &disk, a.point, to, o).await?;
     if a.json {
         return print_json(&rep).map(|()| 0);
     }

@@ -5,14 +5,15 @@
 //! chunks already right.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Instant;
 
 use futures::StreamExt;
 use uuid::Uuid;
 
+use super::target::{self, Mode, Target};
 use super::write::BatchWriter;
 use super::{resolve, same, PointSel, RestoreReport};
 use crate::error::{Result, ShipError};
@@ -43,22 +44,34 @@ fn ranges(plan: &PackPlan) -> Vec<RangeRead> {
     out
 }
 
-/// Restores point `p` of `disk` onto `to` (a new or existing image file, or
-/// a block device at least as large as the disk was).
+/// How a restore treats its target.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RestoreOptions {
+    /// Progress on stderr: a bar on a terminal, plain lines otherwise.
+    pub progress: bool,
+    /// Overwrite an existing non-empty image file.
+    pub force: bool,
+}
+
+/// Restores point `p` of `disk` onto `to`: a new image file (created 0600),
+/// an empty file, or a block device at least as large as the disk that is
+/// neither mounted nor tracked. An existing non-empty file is refused.
 pub async fn restore(repo: &Repo, disk: &Uuid, p: PointSel, to: &Path, progress: bool) -> Result<RestoreReport> {
-    restore_with(repo, disk, p, to, progress, false).await
+    let o = RestoreOptions { progress, force: false };
+    restore_to(repo, disk, p, to, o).await
+}
+
+/// [`restore`] with options (`--force`).
+pub async fn restore_to(repo: &Repo, disk: &Uuid, p: PointSel, to: &Path, o: RestoreOptions) -> Result<RestoreReport> {
+    let mode = Mode::Write { force: o.force };
+    restore_with(repo, disk, p, to, o.progress, mode).await
 }
 
 /// Brings an existing device or image to point `p` by reading and hashing
-/// each of its chunks and writing only those that differ.
+/// each of its chunks and writing only those that differ. The device must
+/// be neither mounted nor tracked.
 pub async fn failback(repo: &Repo, disk: &Uuid, p: PointSel, to: &Path, progress: bool) -> Result<RestoreReport> {
-    if !to.exists() {
-        return Err(ShipError::Usage(format!(
-            "{}: failback needs the existing device or image to bring back; use restore for a new target",
-            to.display()
-        )));
-    }
-    restore_with(repo, disk, p, to, progress, true).await
+    restore_with(repo, disk, p, to, progress, Mode::Failback).await
 }
 
 /// What a restore writes: ranged reads per pack, zero chunks, and how
@@ -109,10 +122,15 @@ fn plan(
 
 /// Failback: hashes every chunk of the target; true where it already holds
 /// what the point says.
-fn compare_target(repo: &Repo, h: &PointHeader, map: &BTreeMap<u64, ChunkRef>, to: &Path) -> Result<Vec<bool>> {
+fn compare_target(
+    repo: &Repo,
+    h: &PointHeader,
+    map: &BTreeMap<u64, ChunkRef>,
+    f: &File,
+    to: &Path,
+) -> Result<Vec<bool>> {
     let csize = h.chunk_size as u64;
     let chunks = h.device_size.div_ceil(csize);
-    let f = File::open(to).map_err(|e| ShipError::io(to, "open failback target", e))?;
     let mut buf = vec![0u8; csize as usize];
     let mut skip = vec![false; chunks as usize];
     for idx in 0..chunks {
@@ -126,34 +144,22 @@ fn compare_target(repo: &Repo, h: &PointHeader, map: &BTreeMap<u64, ChunkRef>, t
     Ok(skip)
 }
 
-/// Opens (or creates, 0600) the target and sizes it. Returns the file and
-/// whether it is known to read as zeros (a new or empty image).
-fn open_target(to: &Path, h: &PointHeader, disk: &Uuid, seq: u64, only_differing: bool) -> Result<(File, bool)> {
-    let existed = to.exists();
-    let mut oo = OpenOptions::new();
-    oo.write(true).read(true);
-    if !existed {
-        oo.create(true).mode(0o600);
-    }
-    let target = oo.open(to).map_err(|e| ShipError::io(to, "open restore target", e))?;
-    let md = target.metadata().map_err(|e| ShipError::io(to, "stat", e))?;
-    let is_dev = md.file_type().is_block_device();
-    let fresh = !only_differing && (!existed || (!is_dev && md.len() == 0));
-    if is_dev {
-        let size = block_size(&target).map_err(|e| ShipError::io(to, "BLKGETSIZE64", e))?;
+/// Checks the size of a device target, or sizes an image.
+fn size_target(t: &Target, to: &Path, h: &PointHeader, disk: &Uuid, seq: u64) -> Result<()> {
+    if t.is_device {
+        let size = block_size(&t.file).map_err(|e| ShipError::io(to, "BLKGETSIZE64", e))?;
         if size < h.device_size {
             return Err(ShipError::Usage(format!(
-                "{}: the device has {size} bytes, point {seq} of disk {disk} needs {}",
+                "{}: the device has {size} bytes, point {seq} of disk {disk} needs {}; nothing was written",
                 to.display(),
                 h.device_size
             )));
         }
-    } else {
-        target
-            .set_len(h.device_size)
-            .map_err(|e| ShipError::io(to, "size image", e))?;
+        return Ok(());
     }
-    Ok((target, fresh))
+    t.file
+        .set_len(h.device_size)
+        .map_err(|e| ShipError::io(to, "size image", e))
 }
 
 async fn restore_with(
@@ -162,12 +168,61 @@ async fn restore_with(
     p: PointSel,
     to: &Path,
     progress: bool,
-    only_differing: bool,
+    mode: Mode,
 ) -> Result<RestoreReport> {
     let t0 = Instant::now();
     let seq = resolve(repo, disk, p).await?;
     let (h, map) = manifest::full_map(repo, disk, seq).await?;
     let index = repo.load_index().await?;
+    let target = target::open(to, mode)?;
+    let job = Job {
+        repo,
+        disk,
+        seq,
+        h: &h,
+        map: &map,
+        index: &index,
+        to,
+        progress,
+        mode,
+        t0,
+    };
+    let r = write_point(&job, &target).await;
+    // A refused or failed restore leaves no file it created itself behind.
+    if r.is_err() && target.created {
+        let _ = std::fs::remove_file(to);
+    }
+    r
+}
+
+/// One restore: the point and where it goes.
+struct Job<'a> {
+    repo: &'a Repo,
+    disk: &'a Uuid,
+    seq: u64,
+    h: &'a PointHeader,
+    map: &'a BTreeMap<u64, ChunkRef>,
+    index: &'a HashMap<ChunkId, Location>,
+    to: &'a Path,
+    progress: bool,
+    mode: Mode,
+    t0: Instant,
+}
+
+async fn write_point(j: &Job<'_>, target: &Target) -> Result<RestoreReport> {
+    let Job {
+        repo,
+        disk,
+        seq,
+        h,
+        map,
+        index,
+        to,
+        progress,
+        mode,
+        t0,
+    } = *j;
+    let only_differing = mode == Mode::Failback;
     let incomplete = |why: String| ShipError::Point {
         disk: disk.to_string(),
         why: format!(
@@ -178,12 +233,12 @@ async fn restore_with(
     let chunks = h.device_size.div_ceil(h.chunk_size as u64);
     let csize = h.chunk_size as u64;
     let skip = if only_differing {
-        compare_target(repo, &h, &map, to)?
+        compare_target(repo, h, map, &target.file, to)?
     } else {
         Vec::new()
     };
-    let plan = plan(&h, &map, &index, &skip, &incomplete)?;
-    let (target, fresh) = open_target(to, &h, disk, seq, only_differing)?;
+    let plan = plan(h, map, index, &skip, &incomplete)?;
+    size_target(target, to, h, disk, seq)?;
     let mut rep = RestoreReport {
         disk: *disk,
         point: seq,
@@ -199,28 +254,30 @@ async fn restore_with(
         compared: if only_differing { chunks } else { 0 },
         skipped: plan.skipped,
     };
-    if !fresh {
+    if !target.fresh {
         let z = vec![0u8; csize as usize];
         for &idx in &plan.zeros {
             let n = (h.device_size - idx * csize).min(csize) as usize;
             target
+                .file
                 .write_all_at(&z[..n], idx * csize)
                 .map_err(|e| incomplete(format!("write at {}: {e}", idx * csize)))?;
             rep.bytes_written += n as u64;
         }
     }
     let label = if only_differing { "failback" } else { "restore" };
+    let out = &target.file;
     fetch_and_write(
         repo,
-        &h,
+        h,
         plan.by_pack,
-        &target,
+        out,
         &mut rep,
         progress.then_some(label),
         &incomplete,
     )
     .await?;
-    target.sync_all().map_err(|e| incomplete(format!("fsync: {e}")))?;
+    out.sync_all().map_err(|e| incomplete(format!("fsync: {e}")))?;
     rep.seconds = t0.elapsed().as_secs_f64();
     Ok(rep)
 }

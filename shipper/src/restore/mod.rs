@@ -10,6 +10,7 @@
 pub mod check;
 pub mod group;
 mod image;
+pub mod target;
 pub mod verify;
 pub mod write;
 
@@ -23,7 +24,7 @@ use crate::repo::manifest::{self, ChunkRef};
 use crate::repo::Repo;
 
 pub use check::{check, CheckReport, Problem};
-pub use image::{failback, restore};
+pub use image::{failback, restore, restore_to, RestoreOptions};
 pub use verify::{verify, Difference};
 
 /// Which point.

@@ -1,0 +1,168 @@
+//! A command that writes a target never makes a bad day worse: a mounted
+//! device, a device an hrl-agent tracks, an existing image file (without
+//! --force), and a failover nobody confirmed are all refused, with exit 2
+//! and a message naming the target and what to do, and the target is
+//! byte-for-byte unchanged.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::AtomicBool;
+
+use hrl_shipper::repo::{create_key_file, Repo};
+use hrl_shipper::ship::{ship, ShipOptions};
+use hrl_testkit::agent::Agent;
+use hrl_testkit::spool::{SpoolWriter, CHUNK};
+use hrl_testkit::sys::{mkfs, sha256, LoopDev, Mount};
+use hrl_testkit::Need;
+use uuid::Uuid;
+
+/// A local repository with one disk of 16 chunks (1 MiB) and 2 points.
+struct Env {
+    dir: tempfile::TempDir,
+    url: String,
+    key: PathBuf,
+    disk: Uuid,
+}
+
+fn env() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let disk = Uuid::new_v4();
+    SpoolWriter::new(&spool, disk, 16, 8 << 20, 11).simple(2, 3);
+    let url = format!("file://{}", dir.path().join("repo").display());
+    let key = dir.path().join("key");
+    create_key_file(&key).unwrap();
+    hrl_testkit::block_on(async {
+        let repo = Repo::init(&url, &key, CHUNK, 1 << 20, 4).await.unwrap();
+        let mut o = ShipOptions::new(&spool);
+        o.once = true;
+        ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    });
+    Env { dir, url, key, disk }
+}
+
+impl Env {
+    fn cli(&self, verb: &str, extra: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_hrl-shipper"))
+            .args([verb, "--repo", &self.url, "--key-file", self.key.to_str().unwrap()])
+            .args(["--disk", &self.disk.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs `verb --to TARGET`; asserts exit 2 and that stderr names
+    /// `needle`; returns stderr.
+    fn refused(&self, verb: &str, to: &Path, extra: &[&str], needle: &str) -> String {
+        let mut args = vec!["--to", to.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let o = self.cli(verb, &args);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert_eq!(o.status.code(), Some(2), "{verb} onto {}: {err}", to.display());
+        assert!(err.contains(needle), "{verb}: expected {needle:?} in: {err}");
+        assert!(
+            err.contains(to.to_str().unwrap()),
+            "{verb}: the message names the target: {err}"
+        );
+        err
+    }
+
+    fn fenced(&self) -> bool {
+        self.dir
+            .path()
+            .join("repo")
+            .join("failover")
+            .join(self.disk.to_string())
+            .exists()
+    }
+}
+
+fn a_mounted_device_is_refused_by_restore_failover_and_failback() {
+    hrl_testkit::require(
+        "a_mounted_device_is_refused_by_restore_failover_and_failback",
+        Need::Root,
+    );
+    let e = env();
+    let dev = LoopDev::new(16 << 20, false);
+    mkfs("ext4", &dev.path);
+    let m = Mount::new(&dev.path);
+    let before = sha256(&dev.path);
+    e.refused("restore", &dev.path, &[], "is mounted on");
+    e.refused("failover", &dev.path, &["--yes"], "is mounted on");
+    e.refused("failback", &dev.path, &[], "is mounted on");
+    assert_eq!(sha256(&dev.path), before, "the mounted device is unchanged");
+    assert!(!e.fenced(), "a refused failover records nothing");
+    drop(m);
+}
+
+fn a_device_an_agent_tracks_is_refused() {
+    hrl_testkit::require("a_device_an_agent_tracks_is_refused", Need::Root);
+    let e = env();
+    let dev = LoopDev::new(16 << 20, false);
+    let spool = e.dir.path().join("agent-spool");
+    let mut agent = Agent::track(&dev.path, &spool, &[]);
+    let before = sha256(&dev.path);
+    let err = e.refused("restore", &dev.path, &[], "tracked by an hrl-agent");
+    assert!(err.contains(&format!("pid {}", agent.pid())), "names the agent: {err}");
+    e.refused("failback", &dev.path, &[], "tracked by an hrl-agent");
+    assert_eq!(sha256(&dev.path), before, "the tracked device is unchanged");
+    agent.stop();
+    // With the agent gone the same restore goes through.
+    let o = e.cli("restore", &["--to", dev.path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn an_existing_image_is_refused_unless_forced_and_images_are_0600() {
+    let e = env();
+    let img = e.dir.path().join("existing.img");
+    std::fs::write(&img, vec![0xAB; 3 << 20]).unwrap();
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o644)).unwrap();
+    e.refused("restore", &img, &[], "--force");
+    assert_eq!(std::fs::read(&img).unwrap(), vec![0xAB; 3 << 20], "unchanged");
+    let o = e.cli("restore", &["--to", img.to_str().unwrap(), "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::metadata(&img).unwrap();
+    assert_eq!(
+        md.permissions().mode() & 0o777,
+        0o600,
+        "a disk image is for its owner only"
+    );
+    assert_eq!(md.len(), 16 * CHUNK as u64, "sized to the disk");
+    let fresh = e.dir.path().join("new.img");
+    let o = e.cli("restore", &["--to", fresh.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&fresh).unwrap(), std::fs::read(&img).unwrap());
+}
+
+fn an_unconfirmed_failover_off_a_terminal_does_nothing() {
+    let e = env();
+    let to = e.dir.path().join("failover.img");
+    let err = e.refused("failover", &to, &[], "--yes");
+    assert!(err.contains("replication stops"), "says what it would do: {err}");
+    assert!(!to.exists(), "no target was made");
+    assert!(!e.fenced(), "no failover was recorded");
+    let o = e.cli("failover", &["--to", to.to_str().unwrap(), "--yes"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(to.exists() && e.fenced());
+}
+
+fn a_failed_restore_leaves_no_file_behind() {
+    let e = env();
+    let to = e.dir.path().join("nope.img");
+    let o = e.cli("restore", &["--to", to.to_str().unwrap(), "--point", "99"]);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!to.exists(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+hrl_testkit::tests!(
+    Root: [a_mounted_device_is_refused_by_restore_failover_and_failback, a_device_an_agent_tracks_is_refused],
+    Nothing: [
+        an_existing_image_is_refused_unless_forced_and_images_are_0600,
+        an_unconfirmed_failover_off_a_terminal_does_nothing,
+        a_failed_restore_leaves_no_file_behind,
+    ],
+);
