@@ -241,7 +241,9 @@ async fn prune_disk(
 struct PackPlan {
     /// The index objects there are now (replaced by one).
     index_keys: Vec<String>,
-    /// Indexed packs that hold a referenced chunk, with their entries.
+    /// Indexed packs that stay, with their entries: those holding a
+    /// referenced chunk and those too young to delete (a running shipper's
+    /// journaled window may use them).
     live: Vec<PackEntries>,
     /// Packs to delete: key and size.
     doomed: Vec<(String, u64)>,
@@ -260,22 +262,28 @@ async fn plan_packs(repo: &Repo, opts: &PruneOptions, referenced: &HashSet<Chunk
             .1
             .push((*id, loc.offset, loc.len));
     }
-    let live: Vec<PackEntries> = by_pack
+    let needed: HashSet<String> = by_pack
         .values()
         .filter(|(_, es)| es.iter().any(|(id, _, _)| referenced.contains(id)))
-        .cloned()
+        .map(|(p, _)| pack_key(p))
         .collect();
     let indexed_keys: HashSet<String> = by_pack.keys().map(pack_key).collect();
-    let live_keys: HashSet<String> = live.iter().map(|(p, _)| pack_key(p)).collect();
     let mut doomed: Vec<(String, u64)> = Vec::new();
     for (key, size, age) in repo.list_with_age("packs").await? {
         let indexed = indexed_keys.contains(&key);
-        let needed = live_keys.contains(&key);
-        if needed || age < opts.pack_grace || (!indexed && age < Duration::from_secs(86_400)) {
+        if needed.contains(&key) || age < opts.pack_grace || (!indexed && age < Duration::from_secs(86_400)) {
             continue;
         }
         doomed.push((key, size));
     }
+    // The new index covers every indexed pack that stays, not only those
+    // kept points use: a pack kept for its grace period keeps its entries,
+    // or the shipper whose window uses it would find its chunks gone.
+    let doomed_keys: HashSet<&str> = doomed.iter().map(|(k, _)| k.as_str()).collect();
+    let live: Vec<PackEntries> = by_pack
+        .into_values()
+        .filter(|(p, _)| !doomed_keys.contains(pack_key(p).as_str()))
+        .collect();
     Ok(PackPlan {
         index_keys,
         live,
