@@ -158,11 +158,40 @@ fn a_failed_restore_leaves_no_file_behind() {
     assert!(!to.exists(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+fn a_second_shipper_on_a_spool_is_refused_naming_the_first() {
+    let e = env();
+    let spool = e.dir.path().join("spool");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_hrl-shipper"))
+        .args(["run", "--repo", &e.url, "--key-file", e.key.to_str().unwrap()])
+        .args(["--spool", spool.to_str().unwrap(), "--metrics-listen", ""])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = spool.join("hrl-shipper.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != first.id().to_string() {
+        assert!(std::time::Instant::now() < deadline, "the first shipper did not take the spool");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_hrl-shipper"))
+        .args(["run", "--once", "--repo", &e.url, "--key-file", e.key.to_str().unwrap()])
+        .args(["--spool", spool.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = first.kill();
+    let _ = first.wait();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "names the holder: {err}");
+}
+
 hrl_testkit::tests!(
     Root: [a_mounted_device_is_refused_by_restore_failover_and_failback, a_device_an_agent_tracks_is_refused],
     Nothing: [
         an_existing_image_is_refused_unless_forced_and_images_are_0600,
         an_unconfirmed_failover_off_a_terminal_does_nothing,
         a_failed_restore_leaves_no_file_behind,
+        a_second_shipper_on_a_spool_is_refused_naming_the_first,
     ],
 );

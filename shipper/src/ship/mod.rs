@@ -17,6 +17,7 @@ mod known;
 pub mod options;
 mod publish;
 pub mod run;
+pub mod spool_lock;
 pub mod status;
 
 pub use options::{ShipOptions, Throttle};

@@ -22,7 +22,9 @@ use crate::repo::Repo;
 /// As a daemon, a store failure that outlasts the client's own retries does
 /// not stop the shipper: the disk is started again from its cursor after a
 /// backoff (1 s doubling to 60 s), and the error is counted and shown.
+/// A second shipper on the same spool is refused (see `spool_lock`).
 pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<ShipReport> {
+    let _lock = super::spool_lock::SpoolLock::acquire(&opts.spool)?;
     let mut known = open_index(repo, opts, stop).await?;
     let mut report = ShipReport::default();
     let mut disks: Vec<DiskShipper> = Vec::new();
