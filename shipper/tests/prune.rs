@@ -46,8 +46,17 @@ async fn journaled_window_survives_prune() {
             manifest::ChunkRef::Zero => None,
         })
         .collect();
-    let window: Vec<_> = repo.load_index().await.unwrap().into_keys().filter(|id| !used.contains(id)).collect();
-    assert!(!window.is_empty(), "the journaled window stored chunks no point uses yet");
+    let window: Vec<_> = repo
+        .load_index()
+        .await
+        .unwrap()
+        .into_keys()
+        .filter(|id| !used.contains(id))
+        .collect();
+    assert!(
+        !window.is_empty(),
+        "the journaled window stored chunks no point uses yet"
+    );
 
     let opts = PruneOptions {
         policy: Policy {
@@ -62,7 +71,10 @@ async fn journaled_window_survives_prune() {
     prune(&repo, &opts).await.unwrap();
     let after = repo.load_index().await.unwrap();
     for id in &window {
-        assert!(after.contains_key(id), "prune dropped the index entry of a chunk in a pack it kept");
+        assert!(
+            after.contains_key(id),
+            "prune dropped the index entry of a chunk in a pack it kept"
+        );
     }
 
     // The agent's next tag closes the window: the shipper publishes it.
@@ -71,7 +83,9 @@ async fn journaled_window_survives_prune() {
     w.close();
     let rep = ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
     assert_eq!(rep.points_published, 1);
-    restore(&repo, &disk, PointSel::Seq(2), &dir.path().join("p2.img"), false).await.unwrap();
+    restore(&repo, &disk, PointSel::Seq(2), &dir.path().join("p2.img"), false)
+        .await
+        .unwrap();
 }
 
 hrl_testkit::tests!(Nothing: [prune_keeps_the_index_entries_of_packs_it_keeps_for_their_grace]);

@@ -171,7 +171,10 @@ fn a_second_shipper_on_a_spool_is_refused_naming_the_first() {
     let lock = spool.join("hrl-shipper.lock");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::fs::read_to_string(&lock).unwrap_or_default().trim() != first.id().to_string() {
-        assert!(std::time::Instant::now() < deadline, "the first shipper did not take the spool");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first shipper did not take the spool"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let o = Command::new(env!("CARGO_BIN_EXE_hrl-shipper"))

@@ -7,6 +7,7 @@
 //! log), so a crash can never leave the map claiming content the stream
 //! does not have. An all-zero entry means "never captured".
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -29,7 +30,8 @@ pub struct CapturedHashes {
     file: File,
     path: PathBuf,
     map: Vec<ChunkHash>,
-    staged: Vec<(u64, ChunkHash)>,
+    /// Captures appended since the last fsync, by chunk (the last wins).
+    staged: HashMap<u64, ChunkHash>,
     /// Chunks whose committed entry is not yet written to the file.
     unsaved: Vec<u64>,
 }
@@ -66,7 +68,7 @@ impl CapturedHashes {
             file,
             path: path.into(),
             map,
-            staged: Vec::new(),
+            staged: HashMap::new(),
             unsaved: Vec::new(),
         })
     }
@@ -79,7 +81,7 @@ impl CapturedHashes {
     /// Whether `h` equals what is committed for chunk `c`, taking staged
     /// (not yet durable) captures into account last-wins.
     pub fn matches(&self, c: u64, h: &ChunkHash) -> bool {
-        if let Some((_, s)) = self.staged.iter().rev().find(|(sc, _)| *sc == c) {
+        if let Some(s) = self.staged.get(&c) {
             return s == h;
         }
         self.get(c) == Some(h)
@@ -88,12 +90,12 @@ impl CapturedHashes {
     /// Records that a `Data` record with this hash was appended (not yet
     /// durable).
     pub fn stage(&mut self, c: u64, h: ChunkHash) {
-        self.staged.push((c, h));
+        self.staged.insert(c, h);
     }
 
     /// The log was fsynced: staged entries become committed.
     pub fn commit(&mut self) {
-        for (c, h) in self.staged.drain(..) {
+        for (c, h) in self.staged.drain() {
             if let Some(slot) = self.map.get_mut(c as usize) {
                 *slot = h;
                 self.unsaved.push(c);
@@ -148,7 +150,11 @@ mod tests {
         drop(m);
         let mut m = CapturedHashes::open(&p, 10).unwrap();
         assert!(m.get(3).is_none(), "uncommitted entry must not persist");
+        // Captured twice before an fsync: the last capture wins.
+        let first = hash_chunk(b"first");
+        m.stage(3, first);
         m.stage(3, h);
+        assert!(m.matches(3, &h) && !m.matches(3, &first));
         m.commit();
         m.save().unwrap();
         let m = CapturedHashes::open(&p, 10).unwrap();
