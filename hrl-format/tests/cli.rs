@@ -74,3 +74,46 @@ fn dump_json_is_json_lines() {
     assert_eq!(lines[11]["kind"], "app");
     assert_eq!(lines[13]["type"], "seal");
 }
+
+#[test]
+fn verify_of_a_directory_without_segments_is_a_usage_error() {
+    let d = tempfile::tempdir().unwrap();
+    let (c, _, err) = hrl(&["verify", d.path().to_str().unwrap()]);
+    assert_eq!(c, 2, "{err}");
+    assert!(err.contains("no .hrl segment"), "{err}");
+}
+
+/// A spool of one disk with the 14 records of the good fixture.
+fn spool_with_fixture() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let good = fixture("good-v1.hrl");
+    let id = hrl_format::read_header(&good).unwrap().disk_id;
+    std::fs::copy(&good, d.path().join(hrl_format::segment_file_name(id, 1))).unwrap();
+    d
+}
+
+#[test]
+fn tail_prints_the_last_records_and_a_closed_pipe_ends_quietly() {
+    let d = spool_with_fixture();
+    let dir = d.path().to_str().unwrap();
+    let (c, out, err) = hrl(&["tail", dir]);
+    assert_eq!(c, 0, "{err}");
+    assert_eq!(out.lines().count(), 10, "the last 10 records by default:\n{out}");
+    let (_, all, _) = hrl(&["dump", dir]);
+    let all: Vec<&str> = all.lines().collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), all[all.len() - 10..].to_vec());
+    let (c, out, _) = hrl(&["tail", "-n", "3", dir]);
+    assert_eq!((c, out.lines().count()), (0, 3));
+    // The reader is gone before hrl writes (`| head` that already quit):
+    // hrl exits 0 without a message.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hrl"))
+        .args(["tail", dir])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stderr.is_empty(), "{}", String::from_utf8_lossy(&o.stderr));
+}

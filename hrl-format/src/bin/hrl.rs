@@ -23,23 +23,32 @@ struct Cli {
 enum Cmd {
     /// Statistics of a file or a spool directory.
     Stat {
+        /// A .hrl file or a spool directory.
         path: PathBuf,
+        /// Print the statistics as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Print records of a spool directory; with -f, keep following it.
+    /// Print the last records of a spool directory; with -f, keep following it.
     Tail {
+        /// The spool directory (a single file is dumped whole).
         dir: PathBuf,
+        /// After the last records, keep printing new ones as they are written.
         #[arg(short = 'f', long)]
         follow: bool,
+        /// How many of the last records to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
         /// Only this disk.
         #[arg(long)]
         disk: Option<Uuid>,
+        /// JSON Lines: one object per record.
         #[arg(long)]
         json: bool,
     },
     /// Print every record of a file or directory.
     Dump {
+        /// A .hrl file or a spool directory.
         path: PathBuf,
         /// JSON Lines: one object per record.
         #[arg(long)]
@@ -47,15 +56,18 @@ enum Cmd {
     },
     /// Check every record of a file or directory. Exit 0 clean, 1 damaged.
     Verify {
+        /// A .hrl file or a spool directory (every segment in it).
         path: PathBuf,
         /// Treat a torn tail as damage too (absolute consistency).
         #[arg(long)]
         strict: bool,
+        /// One JSON object per file.
         #[arg(long)]
         json: bool,
     },
     /// Apply Data records up to a point onto an image file.
     Replay {
+        /// The spool directory (or an archive of its segments).
         dir: PathBuf,
         /// Image file (or block device) to write.
         #[arg(long)]
@@ -63,8 +75,10 @@ enum Cmd {
         /// Point sequence; the last completed point when omitted.
         #[arg(long)]
         point: Option<u64>,
+        /// The disk, when the spool holds more than one.
         #[arg(long)]
         disk: Option<Uuid>,
+        /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -88,9 +102,10 @@ fn main() -> ExitCode {
         Cmd::Tail {
             dir,
             follow,
+            lines,
             disk,
             json,
-        } => tail(&dir, follow, disk, json),
+        } => tail(&dir, follow, lines, disk, json),
         Cmd::Dump { path, json } => dump(&path, json),
         Cmd::Verify { path, strict, json } => return verify(&path, strict, json),
         Cmd::Replay {
@@ -103,6 +118,8 @@ fn main() -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(FormatError::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hrl: {e}");
             ExitCode::from(1)
@@ -261,6 +278,13 @@ fn verify(path: &Path, strict: bool, json: bool) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if fl.is_empty() {
+        eprintln!(
+            "hrl: {}: no .hrl segment in this directory: nothing to verify",
+            path.display()
+        );
+        return ExitCode::from(USAGE);
+    }
     let mode = if strict {
         RecoveryMode::AbsoluteConsistency
     } else {
@@ -316,12 +340,23 @@ fn verify(path: &Path, strict: bool, json: bool) -> ExitCode {
     }
 }
 
-fn tail(dir: &Path, follow: bool, disk: Option<Uuid>, json: bool) -> hrl_format::Result<()> {
+fn stdout_err(e: std::io::Error) -> FormatError {
+    FormatError::Io {
+        path: "stdout".into(),
+        op: "write",
+        source: e,
+    }
+}
+
+/// The last `n` records of a spool (every disk, or one), then with
+/// `follow` every new record as it is written.
+fn tail(dir: &Path, follow: bool, n: usize, disk: Option<Uuid>, json: bool) -> hrl_format::Result<()> {
     if !dir.is_dir() {
         return dump(dir, json);
     }
     let mut followers: Vec<Follower> = Vec::new();
-    let stdout = std::io::stdout();
+    let mut last: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut first = true;
     loop {
         let disks = match disk {
             Some(d) => vec![d],
@@ -337,13 +372,26 @@ fn tail(dir: &Path, follow: bool, disk: Option<Uuid>, json: bool) -> hrl_format:
             while let Some(r) = f.try_next()? {
                 any = true;
                 let path = dir.join(hrl_format::segment_file_name(r.header.disk_id, r.seq));
-                let mut out = stdout.lock();
-                print_record(&mut out, &path, r.seq, r.offset, &r.record, json).map_err(|e| FormatError::Io {
-                    path: "stdout".into(),
-                    op: "write",
-                    source: e,
-                })?;
+                let mut line = Vec::new();
+                print_record(&mut line, &path, r.seq, r.offset, &r.record, json).map_err(stdout_err)?;
+                if first {
+                    // What is there already: keep only the last n.
+                    last.push_back(line);
+                    if last.len() > n {
+                        last.pop_front();
+                    }
+                } else {
+                    std::io::stdout().lock().write_all(&line).map_err(stdout_err)?;
+                }
             }
+        }
+        if first {
+            let mut out = std::io::stdout().lock();
+            for line in last.drain(..) {
+                out.write_all(&line).map_err(stdout_err)?;
+            }
+            out.flush().map_err(stdout_err)?;
+            first = false;
         }
         if !follow {
             return Ok(());
