@@ -115,7 +115,9 @@ fn frozen_member(
             return abort_point(disk, seq, kind, why);
         }
     };
+    let mut at_tag = Duration::ZERO;
     let r = fz.thaw_after(&mut |t| {
+        at_tag = t;
         disk.append(&Record::Group(Group {
             id: point.id,
             seq: point.seq,
@@ -132,9 +134,9 @@ fn frozen_member(
         }))
     });
     match r {
-        Ok((appended, t)) => {
+        Ok((appended, _thawed)) => {
             appended?;
-            finish_point(disk, seq, kind, t.as_nanos() as u64, copied)
+            finish_point(disk, seq, kind, at_tag.as_nanos() as u64, copied)
         }
         Err(after) => abort_point(disk, seq, kind, watchdog_thawed("group freeze", max, after)),
     }

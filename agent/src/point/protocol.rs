@@ -233,16 +233,21 @@ fn frozen_steps(
             return abort_point(disk, seq, kind, e);
         }
     }
+    // The freeze time is FIFREEZE to the Tag (the moment the point's
+    // content is fixed), the same number in the tag, the reply, status and
+    // metrics; FITHAW follows at once.
+    let mut at_tag = Duration::ZERO;
     let r = frozen.thaw_after(&mut |t| {
+        at_tag = t;
         let r = disk.append(&tag(seq, kind, false, t.as_nanos() as u64, None));
         crash_point!("point-tag-written");
         r
     });
     match r {
-        Ok((appended, t)) => {
+        Ok((appended, _thawed)) => {
             appended?;
             crash_point!("point-thawed");
-            finish_point(disk, seq, kind, t.as_nanos() as u64, copied)
+            finish_point(disk, seq, kind, at_tag.as_nanos() as u64, copied)
         }
         Err(after) => abort_point(disk, seq, kind, watchdog_thawed("freeze", max, after)),
     }
@@ -373,7 +378,7 @@ pub(crate) mod fake {
             }
             let r = commit(Duration::from_millis(1));
             log(&self.journal, "thaw");
-            Ok((r, Duration::from_millis(1)))
+            Ok((r, Duration::from_millis(5)))
         }
     }
 
@@ -431,6 +436,13 @@ mod tests {
         let (r, j) = run(&mut d, false, true);
         assert!(r.ok, "{r:?}");
         assert_eq!(r.kind, Some(PointKind::App));
+        // One freeze time everywhere: FIFREEZE to the tag, in the tag and the reply.
+        let tag_ns = d.records.iter().find_map(|r| match r {
+            Record::Tag(t) => Some(t.freeze_ns),
+            _ => None,
+        });
+        assert_eq!(tag_ns, Some(1_000_000));
+        assert_eq!(r.freeze_ms, Some(1.0));
         assert_eq!(
             j,
             [

@@ -32,7 +32,10 @@ pub fn run(a: Args) -> Result<u8> {
             hrl_format::human_bytes(st.upload_bytes),
             st.endpoint_errors
         );
-        println!("{:<36} {:>8} {:>10} {:>12}  RPO", "DISK", "POINT", "RPO", "UNPUBLISHED");
+        println!(
+            "{:<36} {:>8} {:>10} {:>12}  RPO_WARN",
+            "DISK", "POINT", "RPO", "UNPUBLISHED"
+        );
         for (d, ds) in &st.disks {
             println!(
                 "{:<36} {:>8} {:>10} {:>12}  {}",
@@ -40,7 +43,7 @@ pub fn run(a: Args) -> Result<u8> {
                 ds.last_point.map_or("-".into(), |p| p.to_string()),
                 ds.rpo_seconds.map_or("-".into(), |r| format!("{r:.1}s")),
                 hrl_format::human_bytes(ds.unpublished_bytes),
-                if ds.rpo_exceeded { "EXCEEDED rpo_warn" } else { "ok" }
+                if ds.rpo_exceeded { "EXCEEDED" } else { "ok" }
             );
         }
         if let Some(e) = &st.last_error {
