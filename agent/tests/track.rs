@@ -367,18 +367,21 @@ fn refuses_a_spool_on_the_tracked_device_and_a_second_agent() {
     ]);
     assert_eq!(c, 2, "{err}");
     assert!(err.contains("is on the tracked device"), "{err}");
+    assert!(!inside.exists(), "a refused agent leaves no spool directory");
     let spool = tempfile::tempdir().unwrap();
     let _a = Agent::track(&dev.path, spool.path(), &[]);
     let spool2 = tempfile::tempdir().unwrap();
+    let spool2 = spool2.path().join("new");
     let (c, err) = agent_cmd(&[
         "track",
         "--device",
         dev.path.to_str().unwrap(),
         "--spool",
-        spool2.path().to_str().unwrap(),
+        spool2.to_str().unwrap(),
     ]);
     assert_eq!(c, 2, "{err}");
     assert!(err.contains("already tracked"), "{err}");
+    assert!(!spool2.exists(), "a refused agent leaves no spool directory");
 }
 
 fn restart_is_a_loss_and_stale_instances_are_removed() {

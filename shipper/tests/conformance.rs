@@ -329,11 +329,21 @@ async fn every_point_of_several_disks_restores_identical_to_replay_and_dedup_sto
             std::fs::remove_file(&got).unwrap();
         }
     }
-    // Restoring over an existing, dirty image writes zero chunks too.
+    // Restoring over an existing, dirty image needs force, and writes
+    // zero chunks too.
     let got = e.root.join("over");
     std::fs::write(&got, vec![0xAAu8; 40 * CHUNK as usize]).unwrap();
     let last = *pa.last().unwrap();
-    restore(&repo, &a, PointSel::Latest, &got, false).await.unwrap();
+    let refused = restore(&repo, &a, PointSel::Latest, &got, false).await.unwrap_err();
+    assert!(refused.to_string().contains("--force"), "{refused}");
+    assert_eq!(std::fs::read(&got).unwrap(), vec![0xAAu8; 40 * CHUNK as usize]);
+    let force = hrl_shipper::restore::RestoreOptions {
+        progress: false,
+        force: true,
+    };
+    hrl_shipper::restore::restore_to(&repo, &a, PointSel::Latest, &got, force)
+        .await
+        .unwrap();
     let want = e.root.join("want-over");
     hrl_format::replay(&archive, Some(a), Some(last), &want).unwrap();
     assert!(

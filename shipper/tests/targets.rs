@@ -158,6 +158,29 @@ fn a_failed_restore_leaves_no_file_behind() {
     assert!(!to.exists(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
+fn refused_init_and_points_leave_nothing_behind() {
+    let d = tempfile::tempdir().unwrap();
+    let key = d.path().join("new.key");
+    let bin = env!("CARGO_BIN_EXE_hrl-shipper");
+    let o = Command::new(bin)
+        .args(["init", "--repo", "ftp://example/x", "--key-file", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!key.exists(), "a refused init makes no key file");
+    let e = env();
+    let typo = e.dir.path().join("repp");
+    let o = Command::new(bin)
+        .args(["points", "--repo", &format!("file://{}", typo.display()), "--key-file"])
+        .arg(&e.key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("no hrl repository here"), "{err}");
+    assert!(!typo.exists(), "points on a mistyped path creates no directory");
+}
+
 fn a_second_shipper_on_a_spool_is_refused_naming_the_first() {
     let e = env();
     let spool = e.dir.path().join("spool");
@@ -196,5 +219,6 @@ hrl_testkit::tests!(
         an_unconfirmed_failover_off_a_terminal_does_nothing,
         a_failed_restore_leaves_no_file_behind,
         a_second_shipper_on_a_spool_is_refused_naming_the_first,
+        refused_init_and_points_leave_nothing_behind,
     ],
 );

@@ -31,16 +31,20 @@ pub struct DiskSetup {
 /// Checks that the spool exists (creating it 0700) and is not on `dev`.
 pub fn prepare_spool(spool: &Path, dev: &BlockDevice) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    if !spool.exists() {
-        std::fs::create_dir_all(spool).map_err(|e| AgentError::io(spool, "create spool directory", e))?;
-        std::fs::set_permissions(spool, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| AgentError::io(spool, "chmod 0700", e))?;
-    }
-    if dev.contains_path(spool)? {
+    // Checked before anything is created: a refused start leaves no spool
+    // directory behind. A new spool lands on its nearest existing ancestor's
+    // filesystem.
+    let existing = spool.ancestors().find(|p| p.exists()).unwrap_or(spool);
+    if dev.contains_path(existing)? {
         return Err(AgentError::SpoolOnTrackedDevice {
             spool: spool.into(),
             device: dev.path.clone(),
         });
+    }
+    if !spool.exists() {
+        std::fs::create_dir_all(spool).map_err(|e| AgentError::io(spool, "create spool directory", e))?;
+        std::fs::set_permissions(spool, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| AgentError::io(spool, "chmod 0700", e))?;
     }
     Ok(())
 }
@@ -60,8 +64,8 @@ impl DiskSetup {
         segment_size: u64,
     ) -> Result<Self> {
         let dev = BlockDevice::open(device)?;
-        prepare_spool(spool, &dev)?;
         let lock = DeviceLock::acquire(&dev)?;
+        prepare_spool(spool, &dev)?;
         let tracefs = Tracefs::locate_or_mount()?;
         for n in tracefs.remove_stale_instances()? {
             tracing::info!(instance = %n, "removed a tracefs instance left by a dead agent");

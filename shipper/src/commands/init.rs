@@ -28,6 +28,9 @@ pub async fn run(a: Args) -> Result<u8> {
             a.chunk_size
         )));
     }
+    // The URL is checked before the key file is made: a refused init
+    // leaves nothing behind.
+    crate::repo::repository::local_path(&a.r.repo)?;
     let created = create_key_file(&a.r.key_file)?;
     let repo = Repo::init(&a.r.repo, &a.r.key_file, a.chunk_size, a.pack_size, a.checkpoint_every).await?;
     println!(

@@ -67,6 +67,19 @@ impl Store {
             local_root,
         })
     }
+
+    /// [`Store::for_url`] for `init`: a `file://` directory is created.
+    pub fn create_for_url(url: &str) -> Result<Self> {
+        if let Some(path) = local_path(url)? {
+            std::fs::create_dir_all(&path).map_err(|e| ShipError::io(&path, "create repository directory", e))?;
+        }
+        let (store, local_root) = store_for(url)?;
+        Ok(Store {
+            store,
+            url: url.into(),
+            local_root,
+        })
+    }
 }
 
 /// An open repository.
@@ -86,6 +99,27 @@ pub fn parse_az(url: &str) -> Option<(String, String)> {
     let rest = url.strip_prefix("az://")?;
     let (c, p) = rest.split_once('/').unwrap_or((rest, ""));
     (!c.is_empty()).then(|| (c.to_string(), p.trim_matches('/').to_string()))
+}
+
+/// The directory of a `file://` URL (or plain absolute path); None for
+/// `az://`; an error for anything else. Checks only, creates nothing.
+pub fn local_path(url: &str) -> Result<Option<PathBuf>> {
+    if parse_az(url).is_some() {
+        return Ok(None);
+    }
+    let path = if let Some(p) = url.strip_prefix("file://") {
+        PathBuf::from(p)
+    } else if url.contains("://") {
+        return Err(ShipError::Usage(format!(
+            "{url}: unsupported repository URL; use file:///path or az://container/prefix"
+        )));
+    } else {
+        PathBuf::from(url)
+    };
+    if !path.is_absolute() {
+        return Err(ShipError::Usage(format!("{url}: the repository path must be absolute")));
+    }
+    Ok(Some(path))
 }
 
 /// Parses a repository URL: `file:///path` (or a plain absolute path) or
@@ -123,19 +157,14 @@ pub fn store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, Option<PathBuf>)> {
         };
         return Ok((store, None));
     }
-    let path = if let Some(p) = url.strip_prefix("file://") {
-        PathBuf::from(p)
-    } else if url.contains("://") {
-        return Err(ShipError::Usage(format!(
-            "{url}: unsupported repository URL; use file:///path or az://container/prefix"
-        )));
-    } else {
-        PathBuf::from(url)
+    let Some(path) = local_path(url)? else {
+        return Err(ShipError::Usage(format!("{url}: not a repository URL")));
     };
-    if !path.is_absolute() {
-        return Err(ShipError::Usage(format!("{url}: the repository path must be absolute")));
+    // Opening never creates anything: a mistyped path is "no repository
+    // here", not a new empty directory.
+    if !path.is_dir() {
+        return Err(ShipError::NoRepository { url: url.into() });
     }
-    std::fs::create_dir_all(&path).map_err(|e| ShipError::io(&path, "create repository directory", e))?;
     let fs = object_store::local::LocalFileSystem::new_with_prefix(&path).map_err(|e| ShipError::Store {
         url: url.into(),
         op: "open",
@@ -217,7 +246,7 @@ impl Repo {
         pack_size: u64,
         checkpoint_every: u64,
     ) -> Result<Repo> {
-        let st = Store::for_url(url)?;
+        let st = Store::create_for_url(url)?;
         if let Some((container, _)) = parse_az(url) {
             if crate::repo::azure::create_container(&container).await? {
                 tracing::info!(container = %container, "created the container");
