@@ -298,6 +298,9 @@ fn point(a: PointArgs) -> Result<u8, AgentError> {
             disk,
             v["freeze_ms"].as_f64().unwrap_or(0.0)
         );
+        if let Some(n) = v["note"].as_str() {
+            println!("note: {n}");
+        }
     } else {
         eprintln!(
             "hrl-agent: point not taken: {}",

@@ -10,7 +10,7 @@ use super::worker::DiskWorker;
 use crate::error::Result;
 use crate::point::freeze::FsFreezer;
 use crate::point::group::{group_freeze, FreezeJob};
-use crate::point::hooks::{run_hook, HookEnv};
+use crate::point::hooks::{run_hook, run_hook_while, HookEnv};
 use crate::point::protocol::{kind_name, prepare, take_point, Freezer, PointDisk};
 use crate::point::{HookPoint, LastPoint, PointReply};
 
@@ -112,7 +112,19 @@ impl PointDisk for DiskWorker {
             point: seq,
             kind: kind_name(kind),
         };
-        run_hook(hook.name(), &cmd, &env, timeout).map(|_| ())
+        match hook {
+            // Frozen: nothing writes, and the budget is max_freeze.
+            HookPoint::WhileFrozen => run_hook(hook.name(), &cmd, &env, timeout).map(|_| ()),
+            // Outside the freeze the disk keeps tracking (and reporting)
+            // while the hook runs, however long it takes.
+            HookPoint::PreFreeze | HookPoint::PostThaw => run_hook_while(hook.name(), &cmd, &env, timeout, || {
+                if let Err(e) = DiskWorker::track(self) {
+                    tracing::warn!(disk = %self.name, error = %e, "tracking during a hook");
+                }
+                self.update_status();
+            })
+            .map(|_| ()),
+        }
     }
 
     fn next_seq(&mut self) -> Result<u64> {

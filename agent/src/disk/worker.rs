@@ -261,7 +261,7 @@ impl DiskWorker {
         Ok(())
     }
 
-    fn update_status(&mut self) {
+    pub(super) fn update_status(&mut self) {
         let (t0, c0, w0) = self.rate_mark;
         let el = t0.elapsed().as_secs_f64();
         let w = self.tracker.counters.extent_bytes;
@@ -325,6 +325,11 @@ impl DiskWorker {
                 match req {
                     Request::Point { app, reply } => {
                         let r = self.point_request(app);
+                        // Any point restarts the periodic interval: no crash
+                        // point a moment after an asked-for app point.
+                        if r.ok {
+                            self.next_point = Instant::now() + self.agent.point_interval;
+                        }
                         let _ = reply.send(r);
                     }
                     Request::GroupPrepare { reply } => {

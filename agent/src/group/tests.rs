@@ -76,6 +76,7 @@ fn slow_worker(
                             freeze_ms: Some(0.5),
                             copied_chunks: Some(0),
                             error: None,
+                            note: None,
                         }
                     } else {
                         PointReply::refused(&disk, Some(seq), None, "aborted".into())

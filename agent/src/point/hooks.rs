@@ -22,7 +22,22 @@ pub struct HookEnv {
 /// Runs `cmd` with `sh -c`; `Err` says what went wrong (exit status,
 /// timeout, spawn failure).
 pub fn run_hook(what: &str, cmd: &str, env: &HookEnv, timeout: Duration) -> Result<Duration, String> {
+    run_hook_while(what, cmd, env, timeout, || {})
+}
+
+/// [`run_hook`], calling `meanwhile` every 10 ms until the hook ends: a
+/// pre-freeze hook may take minutes (a database's checkpoint), and the
+/// disk keeps draining its trace buffers meanwhile, or they overflow and
+/// force a resync.
+pub fn run_hook_while(
+    what: &str,
+    cmd: &str,
+    env: &HookEnv,
+    timeout: Duration,
+    mut meanwhile: impl FnMut(),
+) -> Result<Duration, String> {
     let t = Instant::now();
+    let mut last = Instant::now();
     let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
@@ -51,6 +66,10 @@ pub fn run_hook(what: &str, cmd: &str, env: &HookEnv, timeout: Duration) -> Resu
                 "{what} hook timed out after {:.0} ms and was killed",
                 timeout.as_secs_f64() * 1e3
             ));
+        }
+        if last.elapsed() >= Duration::from_millis(10) {
+            meanwhile();
+            last = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -85,5 +104,9 @@ mod tests {
         let e = run_hook("t", "sleep 10; sleep 10", &env(), Duration::from_millis(200)).unwrap_err();
         assert!(e.contains("timed out"), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
+        // A slow hook: the caller's work goes on meanwhile.
+        let mut ticks = 0;
+        run_hook_while("t", "sleep 0.3", &env(), Duration::from_secs(5), || ticks += 1).unwrap();
+        assert!(ticks >= 10, "{ticks}");
     }
 }

@@ -53,6 +53,9 @@ pub struct PointReply {
     pub copied_chunks: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Something the operator should know about a point that was taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl PointReply {
@@ -66,6 +69,7 @@ impl PointReply {
             freeze_ms: None,
             copied_chunks: None,
             error: Some(why),
+            note: None,
         }
     }
 }

@@ -139,6 +139,7 @@ pub fn finish_point(
         freeze_ms: Some(freeze_ms),
         copied_chunks: Some(copied),
         error: None,
+        note: None,
     })
 }
 
@@ -146,11 +147,19 @@ pub fn finish_point(
 /// disk without a mounted filesystem (a fuzzy point).
 pub fn take_point(disk: &mut impl PointDisk, freezer: Option<&mut dyn Freezer>, app: bool) -> Result<PointReply> {
     let seq = disk.next_seq()?;
-    let kind = match (&freezer, app) {
+    // An app point is one a pre-freeze hook made application-consistent;
+    // without that hook it is a crash point, and the reply says so.
+    let app_hook = app && disk.has_hook(HookPoint::PreFreeze);
+    let kind = match (&freezer, app_hook) {
         (None, _) => PointKind::Fuzzy,
         (Some(_), true) => PointKind::App,
         (Some(_), false) => PointKind::Crash,
     };
+    let note = (app && !app_hook && freezer.is_some())
+        .then(|| "asked for an app point, but this disk has no pre-freeze hook: taken as a crash point".to_string());
+    if let Some(n) = &note {
+        tracing::warn!(disk = %disk.name(), point = seq, "{n}");
+    }
     if app && disk.has_hook(HookPoint::PreFreeze) {
         let t = disk.hook_timeout();
         if let Err(e) = disk.run_hook(HookPoint::PreFreeze, seq, kind, t) {
@@ -165,7 +174,8 @@ pub fn take_point(disk: &mut impl PointDisk, freezer: Option<&mut dyn Freezer>, 
         Some(f) => frozen_point(disk, f, seq, kind),
     };
     disk.unlimited_capture(false);
-    let reply = r?;
+    let mut reply = r?;
+    reply.note = note;
     if app && reply.ok && disk.has_hook(HookPoint::PostThaw) {
         let t = disk.hook_timeout();
         if let Err(e) = disk.run_hook(HookPoint::PostThaw, seq, kind, t) {
@@ -464,6 +474,23 @@ mod tests {
                 "hook PostThaw"
             ]
         );
+    }
+
+    #[test]
+    fn an_app_point_without_a_pre_freeze_hook_is_a_crash_point_and_says_so() {
+        let mut d = FakeDisk {
+            hooks: vec![HookPoint::PostThaw],
+            ..Default::default()
+        };
+        let (r, _) = run(&mut d, false, true);
+        assert!(r.ok);
+        assert_eq!(r.kind, Some(PointKind::Crash));
+        assert!(r.note.unwrap().contains("no pre-freeze hook"));
+        let tag = d.records.iter().find_map(|r| match r {
+            Record::Tag(t) => Some(t.kind),
+            _ => None,
+        });
+        assert_eq!(tag, Some(PointKind::Crash), "the tag says crash too");
     }
 
     #[test]
