@@ -5,6 +5,7 @@
 //! honour. It depends on nothing of hrl's.
 
 pub mod devlock;
+pub mod pidlock;
 pub mod units;
 
 pub use units::{ByteSize, HumanDuration, UnitError};

@@ -15,10 +15,10 @@
 //! the target untouched.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use hrl_common::pidlock::{LockError, PidLock};
 
 use crate::error::{Result, ShipError};
 
@@ -40,7 +40,7 @@ pub struct Target {
     pub fresh: bool,
     /// This open created the file (a failed restore removes it again).
     pub created: bool,
-    _lock: Option<File>,
+    _lock: Option<PidLock>,
 }
 
 fn usage(to: &Path, why: impl std::fmt::Display) -> ShipError {
@@ -136,37 +136,25 @@ fn open_device(to: &Path, rdev: u64) -> Result<Target> {
 }
 
 /// Takes the device lock, or refuses naming the agent that holds it.
-fn take_device_lock(to: &Path, major: u64, minor: u64) -> Result<File> {
+fn take_device_lock(to: &Path, major: u64, minor: u64) -> Result<PidLock> {
     let dir = Path::new(hrl_common::devlock::LOCK_DIR);
     std::fs::create_dir_all(dir).map_err(|e| ShipError::io(dir, "create lock directory", e))?;
     let path: PathBuf = hrl_common::devlock::lock_path(dir, major, minor);
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| ShipError::io(&path, "open device lock", e))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut holder = String::new();
-        let _ = f.read_to_string(&mut holder);
-        let holder = holder.trim();
-        let by = if holder.is_empty() {
-            String::new()
-        } else {
-            format!(" (pid {holder}, lock {})", path.display())
-        };
-        return Err(usage(
-            to,
-            format!("the device is tracked by an hrl-agent{by}: stop that agent (or remove the disk from its config) before writing the device"),
-        ));
+    match PidLock::acquire(&path) {
+        Ok(l) => Ok(l),
+        Err(LockError::Held(holder)) => {
+            let by = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (pid {holder}, lock {})", path.display())
+            };
+            Err(usage(
+                to,
+                format!("the device is tracked by an hrl-agent{by}: stop that agent (or remove the disk from its config) before writing the device"),
+            ))
+        }
+        Err(LockError::Io(e)) => Err(ShipError::io(&path, "open device lock", e)),
     }
-    let _ = f.set_len(0);
-    let _ = f.rewind();
-    let _ = write!(f, "{}", std::process::id());
-    Ok(f)
 }
 
 /// Where the device `major:minor` is mounted, from /proc/self/mountinfo.
