@@ -37,7 +37,8 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Target {
-    /// Agent config file (its spool's control socket is used).
+    /// Agent config file (its spool's control socket is used) [default:
+    /// /etc/hrl/agent.toml when it exists, else the only running agent].
     #[arg(long)]
     config: Option<PathBuf>,
     /// Spool directory of the running agent.
@@ -49,6 +50,7 @@ struct Target {
 }
 
 impl Target {
+    /// The socket given, or the config's, or the only running agent's.
     fn socket(&self) -> Result<PathBuf, AgentError> {
         if let Some(s) = &self.socket {
             return Ok(s.clone());
@@ -56,11 +58,7 @@ impl Target {
         if let Some(s) = &self.spool {
             return Ok(socket_path(s));
         }
-        let cfg = self
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/etc/hrl/agent.toml"));
-        Ok(socket_path(&AgentConfig::load(&cfg)?.spool))
+        hrl_agent::daemon::registry::find_socket(self.config.as_deref())
     }
 }
 
@@ -100,9 +98,9 @@ enum Cmd {
 
 #[derive(Args)]
 struct PointArgs {
-    /// The disk, by its name in the agent's config.
+    /// The disk, by its name in the agent's config (default: the only one).
     #[arg(long)]
-    disk: String,
+    disk: Option<String>,
     /// App-consistent point (runs the pre-freeze and post-thaw hooks).
     #[arg(long)]
     app: bool,
@@ -287,7 +285,12 @@ fn point(a: PointArgs) -> Result<u8, AgentError> {
         json,
         target,
     } = a;
-    let v = request(&target.socket()?, &json!({"cmd": "point", "disk": disk, "app": app}))?;
+    let socket = target.socket()?;
+    let disk = match disk {
+        Some(d) => d,
+        None => hrl_agent::daemon::registry::only_disk(&request(&socket, &json!({"cmd": "status"}))?)?,
+    };
+    let v = request(&socket, &json!({"cmd": "point", "disk": disk, "app": app}))?;
     if json {
         println!("{v}");
     } else if v["ok"].as_bool() == Some(true) {

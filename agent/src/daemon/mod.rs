@@ -9,5 +9,6 @@
 pub mod control;
 pub mod metrics;
 pub mod progress;
+pub mod registry;
 pub mod run;
 pub mod track;

@@ -43,6 +43,7 @@ pub fn run(cfg: &AgentConfig, stop: Arc<AtomicBool>) -> Result<()> {
         crate::group::serve(g.clone(), handles.clone(), stop.clone())?;
     }
     let listener = bind(&cfg.spool)?;
+    let _registration = crate::daemon::registry::Registration::new(&crate::daemon::control::socket_path(&cfg.spool));
     let ctl = {
         let stop = stop.clone();
         let h = handles.clone();
