@@ -6,6 +6,7 @@
 
 pub mod devlock;
 pub mod pidlock;
+pub mod time;
 pub mod units;
 
 pub use units::{ByteSize, HumanDuration, UnitError};

@@ -23,6 +23,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[error("{0}")]
 pub struct UnitError(String);
 
+impl UnitError {
+    pub fn new(msg: String) -> Self {
+        UnitError(msg)
+    }
+}
+
 /// A number of bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ByteSize(pub u64);

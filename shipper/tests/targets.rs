@@ -17,7 +17,8 @@ use hrl_testkit::sys::{mkfs, sha256, LoopDev, Mount};
 use hrl_testkit::Need;
 use uuid::Uuid;
 
-/// A local repository with one disk of 16 chunks (1 MiB) and 2 points.
+/// A local repository with one disk of 16 chunks (1 MiB) and 2 points,
+/// taken an hour and a minute ago.
 struct Env {
     dir: tempfile::TempDir,
     url: String,
@@ -30,7 +31,15 @@ fn env() -> Env {
     let spool = dir.path().join("spool");
     std::fs::create_dir_all(&spool).unwrap();
     let disk = Uuid::new_v4();
-    SpoolWriter::new(&spool, disk, 16, 8 << 20, 11).simple(2, 3);
+    let mut w = SpoolWriter::new(&spool, disk, 16, 8 << 20, 11);
+    w.full_copy();
+    let now = hrl_format::now_ns();
+    w.tag_at(1, false, now - 3600 * 1_000_000_000);
+    for c in [1, 5, 9] {
+        w.random(c);
+    }
+    w.tag_at(2, false, now - 60 * 1_000_000_000);
+    w.close();
     let url = format!("file://{}", dir.path().join("repo").display());
     let key = dir.path().join("key");
     create_key_file(&key).unwrap();
@@ -181,6 +190,37 @@ fn refused_init_and_points_leave_nothing_behind() {
     assert!(!typo.exists(), "points on a mistyped path creates no directory");
 }
 
+fn points_and_restore_take_a_time_as_people_write_it() {
+    let e = env();
+    let o = e.cli("points", &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success());
+    assert!(
+        out.contains("Z, 60 min ago") && out.contains("Z, 60 s ago"),
+        "RFC 3339 with age: {out}"
+    );
+    let o = e.cli("points", &["--before", "30 min ago", "--json"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["seq"], 1);
+    let t1 = lines[0]["time_ns"].as_u64().unwrap();
+    let img = e.dir.path().join("before.img");
+    let at = hrl_common::time::rfc3339(t1 + 1_000_000_000);
+    let o = e.cli("restore", &["--before", &at, "--to", img.to_str().unwrap(), "--json"]);
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    assert_eq!(rep["point"], 1, "{rep} {}", String::from_utf8_lossy(&o.stderr));
+    let o = e.cli("restore", &["--before", "2h ago", "--to", "/nonexistent/x"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("has no point taken at or before"), "{err}");
+    let o = e.cli("points", &["--before", "yesterday"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("RFC 3339"), "{err}");
+}
+
 fn a_second_shipper_on_a_spool_is_refused_naming_the_first() {
     let e = env();
     let spool = e.dir.path().join("spool");
@@ -220,5 +260,6 @@ hrl_testkit::tests!(
         a_failed_restore_leaves_no_file_behind,
         a_second_shipper_on_a_spool_is_refused_naming_the_first,
         refused_init_and_points_leave_nothing_behind,
+        points_and_restore_take_a_time_as_people_write_it,
     ],
 );

@@ -90,12 +90,17 @@ impl SpoolWriter {
 
     /// A crash point's tag (taken now), or an aborted one.
     pub fn tag(&mut self, seq: u64, aborted: bool) {
+        self.tag_at(seq, aborted, hrl_format::now_ns());
+    }
+
+    /// [`SpoolWriter::tag`] with the time the point was taken.
+    pub fn tag_at(&mut self, seq: u64, aborted: bool, time_ns: u64) {
         self.w
             .append(&Record::Tag(Tag {
                 seq,
                 kind: PointKind::Crash,
                 aborted,
-                time_ns: hrl_format::now_ns(),
+                time_ns,
                 freeze_ns: 1000,
                 group: None,
             }))

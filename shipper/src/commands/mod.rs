@@ -110,6 +110,12 @@ pub async fn dispatch(cmd: Cmd) -> Result<u8> {
     }
 }
 
+/// A `--before` value: RFC 3339 (`2026-11-28T16:21:40Z`) or an age
+/// (`10 min ago`), as ns since the epoch.
+pub fn parse_before(s: &str) -> std::result::Result<u64, String> {
+    hrl_common::time::parse_time(s, hrl_format::now_ns()).map_err(|e| e.to_string())
+}
+
 /// One JSON document on stdout.
 pub fn print_json<T: Serialize>(v: &T) -> Result<()> {
     let s = serde_json::to_string(v).map_err(|e| ShipError::Internal(format!("encode JSON output: {e}")))?;

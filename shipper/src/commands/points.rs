@@ -18,6 +18,10 @@ pub struct Args {
     /// The points of this consistency group instead.
     #[arg(long)]
     group: Option<String>,
+    /// Only points taken at or before this time: RFC 3339
+    /// (2026-11-28T16:21:40Z) or an age ("10 min ago").
+    #[arg(long, value_parser = super::parse_before)]
+    before: Option<u64>,
     /// One JSON object per point.
     #[arg(long)]
     json: bool,
@@ -27,7 +31,7 @@ pub async fn run(a: Args) -> Result<u8> {
     let repo = a.r.open().await?;
     match &a.group {
         Some(g) => group_points(&repo, g, a.json).await,
-        None => disk_points(&repo, a.disk, a.json).await,
+        None => disk_points(&repo, a.disk, a.before, a.json).await,
     }
 }
 
@@ -57,7 +61,7 @@ async fn group_points(repo: &Repo, group: &str, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-async fn disk_points(repo: &Repo, disk: Option<Uuid>, json: bool) -> Result<u8> {
+async fn disk_points(repo: &Repo, disk: Option<Uuid>, before: Option<u64>, json: bool) -> Result<u8> {
     let disks = match disk {
         Some(d) => vec![d],
         None => manifest::list_disks(repo).await?,
@@ -67,8 +71,8 @@ async fn disk_points(repo: &Repo, disk: Option<Uuid>, json: bool) -> Result<u8> 
     if !json
         && writeln!(
             out,
-            "{:<36} {:>6} {:<6} {:>10} {:>24} {:>8} {:>10}",
-            "DISK", "POINT", "KIND", "SIZE", "TIME (ns since epoch)", "CHUNKS", "NEW"
+            "{:<36} {:>6} {:<6} {:>10} {:<34} {:>8} {:>10}",
+            "DISK", "POINT", "KIND", "SIZE", "TIME (UTC)", "CHUNKS", "NEW"
         )
         .is_err()
     {
@@ -77,6 +81,9 @@ async fn disk_points(repo: &Repo, disk: Option<Uuid>, json: bool) -> Result<u8> 
     for d in disks {
         for seq in manifest::list_points(repo, &d).await? {
             let (h, _) = manifest::load(repo, &d, seq).await?;
+            if before.is_some_and(|t| h.time_ns > t) {
+                continue;
+            }
             let r = if json {
                 let line =
                     serde_json::to_string(&h).map_err(|e| crate::ShipError::Internal(format!("encode point: {e}")))?;
@@ -84,12 +91,12 @@ async fn disk_points(repo: &Repo, disk: Option<Uuid>, json: bool) -> Result<u8> 
             } else {
                 writeln!(
                     out,
-                    "{:<36} {:>6} {:<6} {:>10} {:>24} {:>8} {:>10}",
+                    "{:<36} {:>6} {:<6} {:>10} {:<34} {:>8} {:>10}",
                     d.to_string(),
                     seq,
                     format!("{:?}", h.kind).to_lowercase(),
                     hrl_format::human_bytes(h.device_size),
-                    h.time_ns,
+                    hrl_common::time::when(h.time_ns, hrl_format::now_ns()),
                     h.entries,
                     hrl_format::human_bytes(h.new_bytes)
                 )

@@ -23,6 +23,10 @@ pub struct Args {
     /// `latest` or a point sequence (with --group: a group sequence).
     #[arg(long, default_value = "latest")]
     point: PointSel,
+    /// The newest point taken at or before this time: RFC 3339
+    /// (2026-11-28T16:21:40Z) or an age ("10 min ago").
+    #[arg(long, value_parser = super::parse_before, conflicts_with = "group")]
+    before: Option<u64>,
     /// The target: a new image file (created 0600) or a block device at
     /// least as large as the disk, neither mounted nor tracked by an agent.
     #[arg(long, required_unless_present = "group")]
@@ -66,11 +70,18 @@ pub async fn run(a: Args) -> Result<u8> {
             "restore needs --disk and --to (or --group and --to-dir)".into(),
         ));
     };
+    let point = match (a.before, a.point) {
+        (None, p) => p,
+        (Some(t), PointSel::Latest) => PointSel::Seq(crate::restore::newest_before(&repo, &disk, t).await?),
+        (Some(_), PointSel::Seq(_)) => {
+            return Err(ShipError::Usage("give --point SEQ or --before TIME, not both".into()))
+        }
+    };
     let o = RestoreOptions {
         progress: stderr_is_terminal() || !a.json,
         force: a.force,
     };
-    let rep = restore_to(&repo, &disk, a.point, to, o).await?;
+    let rep = restore_to(&repo, &disk, point, to, o).await?;
     if a.json {
         return print_json(&rep).map(|()| 0);
     }

@@ -82,6 +82,22 @@ pub struct RestoreReport {
 }
 
 /// Whether the target's chunk already holds what the point says.
+/// The newest point of `disk` taken at or before `before_ns` (tag time).
+pub async fn newest_before(repo: &Repo, disk: &Uuid, before_ns: u64) -> Result<u64> {
+    for seq in manifest::list_points(repo, disk).await?.into_iter().rev() {
+        if manifest::load(repo, disk, seq).await?.0.time_ns <= before_ns {
+            return Ok(seq);
+        }
+    }
+    Err(ShipError::Point {
+        disk: disk.to_string(),
+        why: format!(
+            "has no point taken at or before {}",
+            hrl_common::time::rfc3339(before_ns)
+        ),
+    })
+}
+
 pub(crate) fn same(repo: &Repo, r: &ChunkRef, have: &[u8]) -> bool {
     match r {
         ChunkRef::Zero => have.iter().all(|&b| b == 0),
