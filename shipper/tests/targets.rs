@@ -221,6 +221,83 @@ fn points_and_restore_take_a_time_as_people_write_it() {
     assert!(err.contains("RFC 3339"), "{err}");
 }
 
+/// A repository whose one point is an ext4 image holding `hello`.
+fn ext4_env() -> (Env, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let hello = b"hello from the failed-over disk\n".repeat(100);
+    std::fs::write(src.join("hello"), &hello).unwrap();
+    let img = dir.path().join("fs.img");
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("8M")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&img).unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let disk = Uuid::new_v4();
+    let chunks = bytes.len() as u64 / CHUNK as u64;
+    let mut w = SpoolWriter::new(&spool, disk, chunks, 64 << 20, 1);
+    for (c, part) in bytes.chunks(CHUNK as usize).enumerate() {
+        w.data(c as u64, part.to_vec());
+    }
+    w.tag(1, false);
+    w.close();
+    let url = format!("file://{}", dir.path().join("repo").display());
+    let key = dir.path().join("key");
+    create_key_file(&key).unwrap();
+    hrl_testkit::block_on(async {
+        let repo = Repo::init(&url, &key, CHUNK, 1 << 20, 4).await.unwrap();
+        let mut o = ShipOptions::new(&spool);
+        o.once = true;
+        ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    });
+    (Env { dir, url, key, disk }, hello)
+}
+
+fn test_failover_mounts_the_restored_filesystem_for_its_check_and_cleans_up() {
+    hrl_testkit::require(
+        "test_failover_mounts_the_restored_filesystem_for_its_check_and_cleans_up",
+        Need::Root,
+    );
+    let (e, hello) = ext4_env();
+    let want = e.dir.path().join("want");
+    std::fs::write(&want, &hello).unwrap();
+    let to = e.dir.path().join("scratch.img");
+    let check = format!("test -b {{dev}} && cmp {{mnt}}/hello '{}'", want.display());
+    let o = e.cli(
+        "test-failover",
+        &["--to", to.to_str().unwrap(), "--mount", "--check", &check],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.contains("PASSED"), "{out}");
+    let o = e.cli(
+        "test-failover",
+        &[
+            "--to",
+            to.to_str().unwrap(),
+            "--mount",
+            "--check",
+            "test -f {mnt}/nothing-here",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "a failing check fails the test failover");
+    assert!(!to.exists(), "the scratch image is removed");
+    let loops = String::from_utf8(Command::new("losetup").arg("-a").output().unwrap().stdout).unwrap();
+    assert!(
+        !loops.contains(to.to_str().unwrap()),
+        "no loop device left on the scratch image: {loops}"
+    );
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains("hrl-test-failover-"), "nothing left mounted");
+}
+
 fn a_second_shipper_on_a_spool_is_refused_naming_the_first() {
     let e = env();
     let spool = e.dir.path().join("spool");
@@ -253,7 +330,11 @@ fn a_second_shipper_on_a_spool_is_refused_naming_the_first() {
 }
 
 hrl_testkit::tests!(
-    Root: [a_mounted_device_is_refused_by_restore_failover_and_failback, a_device_an_agent_tracks_is_refused],
+    Root: [
+        a_mounted_device_is_refused_by_restore_failover_and_failback,
+        a_device_an_agent_tracks_is_refused,
+        test_failover_mounts_the_restored_filesystem_for_its_check_and_cleans_up,
+    ],
     Nothing: [
         an_existing_image_is_refused_unless_forced_and_images_are_0600,
         an_unconfirmed_failover_off_a_terminal_does_nothing,

@@ -18,12 +18,75 @@ pub struct Args {
     #[arg(long)]
     to: PathBuf,
     /// A shell command run on the restored target; `{}` is replaced by the
-    /// target's path (quoted), e.g. "e2fsck -fn {}". Exit 0 passes.
+    /// image's path, `{dev}` and `{mnt}` (with --mount) by the loop device
+    /// and the mount point, all quoted; e.g. "test -s {mnt}/etc/hostname"
+    /// or "e2fsck -fn {}". Exit 0 passes.
     #[arg(long)]
     check: Option<String>,
+    /// Attach the restored image to a loop device and mount it (replaying
+    /// the filesystem's journal and orphans, as a failed-over machine's boot
+    /// would) before the check; unmounted and detached after.
+    #[arg(long)]
+    mount: bool,
     /// Keep the scratch target.
     #[arg(long)]
     keep: bool,
+}
+
+/// The restored image attached and mounted; undone when dropped.
+struct Mounted {
+    dev: String,
+    mnt: tempfile::TempDir,
+    mounted: bool,
+}
+
+impl Mounted {
+    fn new(image: &Path) -> Result<Self> {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(image)
+            .output()
+            .map_err(|e| ShipError::io("losetup", "run", e))?;
+        if !out.status.success() {
+            return Err(ShipError::Usage(format!(
+                "{}: losetup failed: {}",
+                image.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mnt = tempfile::Builder::new()
+            .prefix("hrl-test-failover-")
+            .tempdir()
+            .map_err(|e| ShipError::io("/tmp", "create mount point", e))?;
+        let mut m = Mounted {
+            dev,
+            mnt,
+            mounted: false,
+        };
+        let st = std::process::Command::new("mount")
+            .arg(&m.dev)
+            .arg(m.mnt.path())
+            .status()
+            .map_err(|e| ShipError::io("mount", "run", e))?;
+        if !st.success() {
+            return Err(ShipError::Usage(format!(
+                "{}: the restored image does not mount ({st}); check it with --check without --mount",
+                image.display()
+            )));
+        }
+        m.mounted = true;
+        Ok(m)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = std::process::Command::new("umount").arg(self.mnt.path()).status();
+        }
+        let _ = std::process::Command::new("losetup").args(["-d", &self.dev]).status();
+    }
 }
 
 /// `s` as one word for `sh -c`, whatever characters it holds.
@@ -32,8 +95,13 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// Runs the check; Ok(passed), or Err when it could not start.
-fn run_check(cmd: &str, to: &Path) -> Result<bool> {
-    let cmd = cmd.replace("{}", &shell_quote(&to.display().to_string()));
+fn run_check(cmd: &str, to: &Path, mounted: Option<&Mounted>) -> Result<bool> {
+    let mut cmd = cmd.replace("{}", &shell_quote(&to.display().to_string()));
+    if let Some(m) = mounted {
+        cmd = cmd
+            .replace("{dev}", &shell_quote(&m.dev))
+            .replace("{mnt}", &shell_quote(&m.mnt.path().display().to_string()));
+    }
     let t = Instant::now();
     let st = std::process::Command::new("/bin/sh")
         .arg("-c")
@@ -59,14 +127,17 @@ pub async fn run(a: Args) -> Result<u8> {
         )));
     }
     let restored = crate::restore::restore(&repo, &disk, point, &a.to, true).await;
-    let checked = restored.and_then(|rep| {
+    let checked = restored.and_then(|rep| -> Result<bool> {
         println!(
             "test failover: restored point {} of disk {disk} to {} in {:.1}s",
             rep.point,
             a.to.display(),
             rep.seconds
         );
-        a.check.as_deref().map_or(Ok(true), |c| run_check(c, &a.to))
+        let mounted = if a.mount { Some(Mounted::new(&a.to)?) } else { None };
+        a.check
+            .as_deref()
+            .map_or(Ok(true), |c| run_check(c, &a.to, mounted.as_ref()))
     });
     // The scratch target goes whatever happened (a failed restore or a
     // check that could not start included), unless asked to keep it.
