@@ -21,7 +21,12 @@ impl Registration {
     /// Registers the control socket of this process (best effort: an agent
     /// that cannot register still runs, and is found by --spool).
     pub fn new(socket: &Path) -> Option<Self> {
-        let dir = Path::new(REGISTRY);
+        Self::new_in(Path::new(REGISTRY), socket)
+    }
+
+    fn new_in(dir: &Path, socket: &Path) -> Option<Self> {
+        // Entries of agents that died without removing theirs (kill -9).
+        remove_stale(dir);
         let p = dir.join(std::process::id().to_string());
         let ok = std::fs::create_dir_all(dir)
             .and_then(|_| std::fs::write(&p, socket.display().to_string()))
@@ -34,6 +39,21 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Removes the entries of processes that no longer exist.
+fn remove_stale(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let stale = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if stale {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -137,5 +157,12 @@ mod tests {
         let two = serde_json::json!({"disks": [{"name": "data"}, {"name": "log"}]});
         let e = only_disk(&two).unwrap_err().to_string();
         assert!(e.contains("data, log") && e.contains("--disk NAME"), "{e}");
+        // Registering removes the entries of dead agents, and dropping
+        // removes this one's.
+        let r = Registration::new_in(d.path(), &sock).unwrap();
+        assert!(!d.path().join("999999999").exists());
+        assert!(d.path().join(std::process::id().to_string()).exists());
+        drop(r);
+        assert!(!d.path().join(std::process::id().to_string()).exists());
     }
 }
