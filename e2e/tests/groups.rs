@@ -197,7 +197,9 @@ fn group_points_are_consistent_across_two_agents() {
     let c = coordinator(
         &gkey,
         &[&a, &b],
-        &["--interval", "700ms", "--count", "10", "--deadline", "2s"],
+        // The while-frozen hook hashes 128 MiB with O_DIRECT: 0.3 s idle, up
+        // to 1.8 s seen on a loaded 2-core CI machine, so the deadline leaves room.
+        &["--interval", "700ms", "--count", "10", "--deadline", "4500ms"],
     );
     let out = c.wait_with_output().unwrap();
     let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
@@ -451,7 +453,7 @@ fn two_disks_of_one_agent_take_consistent_group_points() {
     let c = coordinator(
         &gkey,
         &[&m],
-        &["--interval", "600ms", "--count", "5", "--deadline", "3s"],
+        &["--interval", "600ms", "--count", "5", "--deadline", "4500ms"],
     );
     let out = c.wait_with_output().unwrap();
     w.finish();
