@@ -44,7 +44,7 @@ key="$work/key"
 
 step "start hrl-agent (points every 5 s) and hrl-shipper"
 "$bin/hrl-agent" run --device "$loop" --spool "$work/spool" --name demo --point-interval 5s \
-    --pre-freeze "sync" 2>"$work/agent.log" &
+    --pre-freeze 'sync; echo "HRL_LABEL=files=$(ls "$HRL_MOUNT" | grep -c "^file")"' 2>"$work/agent.log" &
 apid=$!
 for _ in $(seq 300); do
     "$bin/hrl-agent" status --json --spool "$work/spool" 2>/dev/null | grep -q '"mode": "data"' && break
@@ -54,8 +54,8 @@ done
 "$bin/hrl-shipper" run --repo "$repo" --key-file "$key" --spool "$work/spool" --json \
     >"$work/shipper.out" 2>"$work/shipper.log" &
 spid=$!
-disk=$(python3 -c "import json;print(json.load(open('$work/spool/demo.state.json'))['disk_id'])")
-echo "disk id $disk"
+# Disks are named HOST/NAME; the name alone is enough when it is unique.
+disk=demo
 
 step "workload: 60 files (up to 2 MiB each), checksums recorded after fsync"
 python3 - "$work/mnt" "$work/sums" <<'PY'

@@ -301,6 +301,9 @@ fn point(a: PointArgs) -> Result<u8, AgentError> {
             disk,
             v["freeze_ms"].as_f64().unwrap_or(0.0)
         );
+        if let Some(l) = v["label"].as_str() {
+            println!("label: {l}");
+        }
         if let Some(n) = v["note"].as_str() {
             println!("note: {n}");
         }
@@ -320,9 +323,10 @@ fn status(json: bool, target: Target) -> Result<u8, AgentError> {
         return Ok(0);
     }
     println!(
-        "{:<12} {:<12} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}",
-        "DISK", "MODE", "DIRTY", "SPOOL", "POINT", "AGE", "FREEZE", "LOSSES"
+        "{:<12} {:<12} {:>10} {:>10} {:>8} {:<34} {:>9} {:>7}",
+        "DISK", "MODE", "DIRTY", "SPOOL", "POINT", "LAST POINT (UTC)", "FREEZE", "LOSSES"
     );
+    let now = hrl_format::now_ns();
     for d in v["disks"].as_array().into_iter().flatten() {
         let mode = match (d["mode"].as_str(), d["scan_progress"].as_f64()) {
             (Some(m), Some(p)) => format!("{m} {:.0}%", p * 100.0),
@@ -330,15 +334,15 @@ fn status(json: bool, target: Target) -> Result<u8, AgentError> {
             _ => "?".into(),
         };
         println!(
-            "{:<12} {:<12} {:>10} {:>10} {:>8} {:>10} {:>9} {:>7}",
+            "{:<12} {:<12} {:>10} {:>10} {:>8} {:<34} {:>9} {:>7}",
             d["name"].as_str().unwrap_or("?"),
             mode,
             hrl_format::human_bytes(d["dirty_bytes"].as_u64().unwrap_or(0)),
             hrl_format::human_bytes(d["spool_bytes"].as_u64().unwrap_or(0)),
             d["last_point"]["seq"].as_u64().map_or("-".into(), |s| s.to_string()),
-            d["last_point_age_s"]
-                .as_f64()
-                .map_or("-".into(), |a| format!("{a:.1}s")),
+            d["last_point"]["time_ns"]
+                .as_u64()
+                .map_or("-".into(), |t| hrl_common::time::when(t, now)),
             d["last_freeze_ms"].as_f64().map_or("-".into(), |f| format!("{f:.1}ms")),
             d["losses"].as_u64().unwrap_or(0),
         );

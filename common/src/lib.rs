@@ -10,3 +10,11 @@ pub mod time;
 pub mod units;
 
 pub use units::{ByteSize, HumanDuration, UnitError};
+
+/// This machine's host name, as the kernel has it (`uname -n`); empty when
+/// it cannot be read. Disks are named `HOST/NAME` with it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

@@ -53,7 +53,9 @@ fn e2e(fs: &str, size: u64, azurite: bool) {
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(Repo::init(&url, &key, 65536, 4 << 20, 8)).unwrap();
-    let hook = sha_hook(&shas);
+    // The hook also labels its point, as a database hook would label it
+    // with its WAL position.
+    let hook = format!("{}; echo HRL_LABEL=wal-$HRL_POINT", sha_hook(&shas));
     let mut agent = Agent::run(
         &dev.path,
         &spool,
@@ -152,6 +154,10 @@ fn e2e(fs: &str, size: u64, azurite: bool) {
             panic!("point {p} published but its in-freeze hash is missing");
         }
         let (manifest, _) = rt.block_on(hrl_shipper::repo::manifest::load(&repo, &disk, p)).unwrap();
+        // Named as the operator named it, labelled by its hook.
+        assert_eq!(manifest.host.as_deref(), Some(hrl_common::host_name().as_str()));
+        assert_eq!(manifest.name.as_deref(), Some("e2e"));
+        assert_eq!(manifest.label, Some(format!("wal-{p}")), "point {p}");
         let ok = match fs {
             "ext4" => std::process::Command::new("e2fsck")
                 .args(["-fn"])

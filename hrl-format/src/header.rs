@@ -4,7 +4,7 @@
 //! off  len  field
 //!   0    8  magic 89 48 52 4C 0D 0A 1A 0A   ("\x89HRL\r\n\x1a\n")
 //!   8    2  major version (1)               u16 LE
-//!  10    2  minor version (0)               u16 LE
+//!  10    2  minor version (2)               u16 LE
 //!  12    4  header length (128)             u32 LE
 //!  16   16  disk id (UUID, big-endian bytes)
 //!  32    8  segment sequence number         u64 LE
@@ -32,7 +32,7 @@ pub const MAJOR_VERSION: u16 = 1;
 /// The minor version this build writes. Readers accept any minor of their
 /// major; newer minors may only add record types (skipped) or header fields
 /// inside the reserved bytes.
-pub const MINOR_VERSION: u16 = 1;
+pub const MINOR_VERSION: u16 = 2;
 /// Length of the version-1.0 header.
 pub const HEADER_LEN: usize = 128;
 

@@ -22,9 +22,10 @@ pub mod writer;
 pub use error::{FormatError, Result};
 pub use follow::{Cursor, Followed, Follower};
 pub use header::{FileHeader, HEADER_LEN, MAGIC, MAJOR_VERSION, MINOR_VERSION};
-pub use reader::{read_header, read_segment, RecoveryMode, SegmentReader, SegmentSummary, TornTail};
+pub use reader::{read_header, read_segment, segment_identity, RecoveryMode, SegmentReader, SegmentSummary, TornTail};
 pub use record::{
-    Data, DiskMode, Extent, ExtentOp, Flush, Group, LossReason, Lost, ModeChange, PointKind, Record, Seal, Tag,
+    Data, DiskMode, Extent, ExtentOp, Flush, Group, Identity, Label, LossReason, Lost, ModeChange, PointKind, Record,
+    Seal, Tag,
 };
 pub use replay::{replay, ReplayReport};
 pub use spool::{list_disks, list_segments, parse_segment_name, segment_file_name, SegmentName};

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{FormatError, Result};
 use crate::header::{arr, FileHeader, HeaderError, HEADER_LEN};
-use crate::record::{record_crc, Record, Seal, FRAME_LEN, MAX_PAYLOAD};
+use crate::record::{record_crc, Identity, Record, Seal, FRAME_LEN, MAX_PAYLOAD};
 
 /// How a reader treats damage at the end of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -88,6 +88,17 @@ pub fn read_header(path: &Path) -> Result<FileHeader> {
     let mut buf = vec![0u8; 4096];
     let n = read_full(&mut f, &mut buf).map_err(|e| FormatError::io(path, "read header", e))?;
     FileHeader::decode(&buf[..n]).map_err(|e| header_error(path, e))
+}
+
+/// The Identity record a version 1.2 writer puts first in every segment:
+/// a reader that starts inside a segment (a shipper resuming from its
+/// cursor) learns whose disk it is. `None` for an older or empty segment.
+pub fn segment_identity(path: &Path) -> Result<Option<Identity>> {
+    let mut r = SegmentReader::open(path, RecoveryMode::TolerateTornTail)?;
+    Ok(match r.next_record()? {
+        Some((_, Record::Identity(i))) => Some(i),
+        _ => None,
+    })
 }
 
 /// Reads until `buf` is full or EOF; returns bytes read.

@@ -66,6 +66,9 @@ pub struct TagSummary {
     pub time_ns: u64,
     pub freeze_ms: f64,
     pub group: Option<Uuid>,
+    /// The label a hook attached (from the Label record before the tag).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -140,6 +143,8 @@ pub struct StatsBuilder {
     stats: Stats,
     dirtied: HashMap<Uuid, RangeSet>,
     regions: HashMap<u64, u64>,
+    /// A Label record waiting for its tag.
+    label: Option<crate::record::Label>,
 }
 
 impl StatsBuilder {
@@ -189,6 +194,7 @@ impl StatsBuilder {
                 time_ns: t.time_ns,
                 freeze_ms: t.freeze_ns as f64 / 1e6,
                 group: t.group,
+                label: self.label.take().filter(|l| l.seq == t.seq).map(|l| l.text),
             }),
             Record::Lost(l) => s.losses.push(LossSummary {
                 disk,
@@ -203,7 +209,8 @@ impl StatsBuilder {
                 mode: m.mode,
                 time_ns: m.time_ns,
             }),
-            Record::Flush(_) | Record::Seal(_) | Record::Group(_) => {}
+            Record::Label(l) => self.label = Some(l.clone()),
+            Record::Flush(_) | Record::Seal(_) | Record::Group(_) | Record::Identity(_) => {}
         }
     }
 

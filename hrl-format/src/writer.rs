@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::error::{FormatError, Result};
 use crate::header::FileHeader;
 use crate::reader::{RecoveryMode, SegmentReader, TornTail};
-use crate::record::{encode_framed, Record, Seal, FRAME_LEN, MAX_PAYLOAD};
+use crate::record::{encode_framed, Identity, Record, Seal, FRAME_LEN, MAX_PAYLOAD};
 use crate::spool::{list_segments, segment_file_name};
 
 /// Buffered bytes that trigger a write to the file.
@@ -175,6 +175,9 @@ pub struct LogConfig {
     /// Longest time an appended record may stay unsynced (checked by
     /// [`LogWriter::tick`] and on every append).
     pub sync_interval: Duration,
+    /// Host and disk name, written first in every segment (an Identity
+    /// record) so whoever reads any segment can name the disk.
+    pub identity: Option<Identity>,
 }
 
 impl LogConfig {
@@ -195,6 +198,7 @@ impl LogConfig {
             rotate_bytes: 64 << 20,
             rotate_age: Duration::from_secs(60),
             sync_interval: Duration::from_secs(1),
+            identity: None,
         }
     }
 }
@@ -338,7 +342,11 @@ impl LogWriter {
                 self.cfg.logical_block_size,
                 self.cfg.device_size,
             );
-            self.current = Some(SegmentWriter::create(&self.cfg.dir, h)?);
+            let mut seg = SegmentWriter::create(&self.cfg.dir, h)?;
+            if let Some(id) = &self.cfg.identity {
+                seg.append(&Record::Identity(id.clone()))?;
+            }
+            self.current = Some(seg);
             self.next_seq += 1;
             write_next_seq(&self.lock_path, &self._lock, self.next_seq)?;
         }

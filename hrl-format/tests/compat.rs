@@ -60,6 +60,27 @@ fn corrupt_v1_is_an_error_at_the_damaged_record() {
 }
 
 #[test]
+fn v1_2_names_its_disk_and_labels_a_point() {
+    let (recs, sum) = read("good-v1.2.hrl", RecoveryMode::AbsoluteConsistency);
+    assert_eq!(sum.unwrap().unknown_skipped, 0);
+    assert_eq!(read_header(&fixture("good-v1.2.hrl")).unwrap().minor, 2);
+    assert_eq!(
+        recs[0],
+        Record::Identity(Identity {
+            host: "db-01.example".into(),
+            name: "pgdata".into()
+        })
+    );
+    assert_eq!(
+        segment_identity(&fixture("good-v1.2.hrl")).unwrap().map(|i| i.name),
+        Some("pgdata".to_string())
+    );
+    assert_eq!(segment_identity(&fixture("good-v1.hrl")).unwrap(), None);
+    let stats = stat_path(&fixture("good-v1.2.hrl")).unwrap();
+    assert_eq!(stats.tags[0].label.as_deref(), Some("lsn=0/3000060"));
+}
+
+#[test]
 fn newer_minor_version_skips_unknown_records() {
     let (recs, sum) = read("newer-minor-v1.1.hrl", RecoveryMode::AbsoluteConsistency);
     let sum = sum.unwrap();

@@ -87,6 +87,8 @@ fn arb_record() -> impl Strategy<Value = Record> {
                 name
             }
         )),
+        (".{0,40}", ".{0,40}").prop_map(|(host, name)| Record::Identity(Identity { host, name })),
+        (any::<u64>(), ".{0,60}").prop_map(|(seq, text)| Record::Label(Label { seq, text })),
     ]
 }
 
@@ -219,6 +221,37 @@ fn unknown_skippable_types_are_counted_and_mandatory_ones_refused() {
     let (_, end) = read_all_bytes(&b, RecoveryMode::TolerateTornTail);
     let e = end.unwrap_err().to_string();
     assert!(e.contains("must be understood"), "{e}");
+}
+
+#[test]
+fn identity_and_label_payloads_are_checked() {
+    use hrl_format::record::{clip, rtype};
+    // Lengths that do not add up, and text that is not UTF-8.
+    for bad in [
+        &[3u8, 0, 0, 0, 0, 0, 0, 0, b'a'][..],
+        &[0u8, 0, 0, 0][..],
+        &[1u8, 0, 0, 0, 0, 0, 0, 0, 0xff][..],
+    ] {
+        assert!(Record::decode_payload(rtype::IDENTITY, bad).is_err(), "{bad:?}");
+    }
+    assert!(Record::decode_payload(rtype::LABEL, &[1, 2, 3]).is_err());
+    let mut l = 5u64.to_le_bytes().to_vec();
+    l.push(0xc3);
+    assert!(Record::decode_payload(rtype::LABEL, &l).is_err());
+    // Over-long text is cut at a character boundary, never mid-character.
+    let long = "é".repeat(200);
+    let rec = Record::Label(Label {
+        seq: 1,
+        text: long.clone(),
+    });
+    let mut out = Vec::new();
+    rec.encode_payload(&mut out);
+    assert_eq!(out.len(), rec.payload_len());
+    let Some(Record::Label(back)) = Record::decode_payload(rtype::LABEL, &out).unwrap() else {
+        panic!()
+    };
+    assert_eq!(back.text, clip(&long));
+    assert_eq!(back.text.len(), 254);
 }
 
 #[test]

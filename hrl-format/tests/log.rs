@@ -319,6 +319,36 @@ fn stats_count_and_merge() {
 }
 
 #[test]
+fn every_segment_starts_with_the_disk_identity() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::new_v4();
+    let mut c = cfg(dir.path(), disk);
+    c.identity = Some(Identity {
+        host: "host-a".into(),
+        name: "data".into(),
+    });
+    let mut w = LogWriter::open(c).unwrap();
+    for i in 0..20u64 {
+        w.append(&data(i * 65536, 1, 4000)).unwrap();
+    }
+    w.close().unwrap();
+    let segs = list_segments(dir.path(), Some(disk)).unwrap();
+    assert!(segs.len() >= 3, "{} segments", segs.len());
+    for s in &segs {
+        let id = segment_identity(&s.path).unwrap().unwrap();
+        assert_eq!(
+            (id.host.as_str(), id.name.as_str()),
+            ("host-a", "data"),
+            "{}",
+            s.path.display()
+        );
+    }
+    let recs = read_log(dir.path(), disk);
+    let datas = recs.iter().filter(|r| matches!(r, Record::Data(_))).count();
+    assert_eq!(datas, 20);
+}
+
+#[test]
 fn sequence_continues_after_every_segment_was_shipped_and_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Uuid::new_v4();

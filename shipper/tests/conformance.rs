@@ -1,7 +1,8 @@
 //! Repository conformance: spools written by test code are shipped, every
 //! point restores byte-identical to `hrl replay` of the same spool, dedup
 //! stores repeated content once, and damage or a wrong key fails clearly.
-//! Runs against the local directory store (the embedded default).
+//! Runs against the local directory store (the embedded default) and
+//! Azurite; `conformance/names.rs` covers `--disk` as operators type it.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -118,7 +119,12 @@ macro_rules! conformance {
     };
 }
 
+#[path = "conformance/names.rs"]
+mod names;
+use names::disks_are_chosen_by_host_and_name_and_never_guessed;
+
 conformance!(
+    disks_are_chosen_by_host_and_name_and_never_guessed,
     every_point_of_several_disks_restores_identical_to_replay_and_dedup_stores_once,
     a_wrong_key_a_loose_key_file_and_a_newer_repository_are_clear_errors,
     a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk,

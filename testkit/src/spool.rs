@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hrl_format::{Data, LogConfig, LogWriter, PointKind, Record, Tag};
+use hrl_format::{Data, Identity, LogConfig, LogWriter, PointKind, Record, Tag};
 use uuid::Uuid;
 
 use crate::Rng;
@@ -29,9 +29,32 @@ impl SpoolWriter {
 
     /// [`SpoolWriter::new`] with a short last chunk of `last_len` bytes.
     pub fn with_last_len(dir: &Path, disk: Uuid, chunks: u64, last_len: usize, rotate: u64, seed: u64) -> Self {
+        Self::open(dir, disk, chunks, last_len, rotate, seed, None)
+    }
+
+    /// [`SpoolWriter::new`] for disk `host/name`: every segment starts with
+    /// an Identity record, as the agent writes it.
+    pub fn named(dir: &Path, disk: Uuid, chunks: u64, seed: u64, host: &str, name: &str) -> Self {
+        let id = Identity {
+            host: host.into(),
+            name: name.into(),
+        };
+        Self::open(dir, disk, chunks, CHUNK as usize, 8 << 20, seed, Some(id))
+    }
+
+    fn open(
+        dir: &Path,
+        disk: Uuid,
+        chunks: u64,
+        last_len: usize,
+        rotate: u64,
+        seed: u64,
+        identity: Option<Identity>,
+    ) -> Self {
         let size = (chunks - 1) * CHUNK as u64 + last_len as u64;
         let mut cfg = LogConfig::new(dir, disk, CHUNK, 512, size);
         cfg.rotate_bytes = rotate;
+        cfg.identity = identity;
         SpoolWriter {
             disk,
             chunks,
@@ -105,6 +128,13 @@ impl SpoolWriter {
                 group: None,
             }))
             .expect("append tag");
+    }
+
+    /// A hook's label for point `seq` (the next tag).
+    pub fn label(&mut self, seq: u64, text: &str) {
+        self.w
+            .append(&Record::Label(hrl_format::Label { seq, text: text.into() }))
+            .expect("append label");
     }
 
     /// `points` points of `per_point` random chunks each after a full

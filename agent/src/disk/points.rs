@@ -101,9 +101,9 @@ impl PointDisk for DiskWorker {
         seq: u64,
         kind: PointKind,
         timeout: Duration,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<Option<String>, String> {
         let Some(cmd) = self.hook_command(hook) else {
-            return Ok(());
+            return Ok(None);
         };
         let env = HookEnv {
             disk: self.name.clone(),
@@ -114,7 +114,7 @@ impl PointDisk for DiskWorker {
         };
         match hook {
             // Frozen: nothing writes, and the budget is max_freeze.
-            HookPoint::WhileFrozen => run_hook(hook.name(), &cmd, &env, timeout).map(|_| ()),
+            HookPoint::WhileFrozen => run_hook(hook.name(), &cmd, &env, timeout).map(|o| o.label),
             // Outside the freeze the disk keeps tracking (and reporting)
             // while the hook runs, however long it takes.
             HookPoint::PreFreeze | HookPoint::PostThaw => run_hook_while(hook.name(), &cmd, &env, timeout, || {
@@ -123,7 +123,7 @@ impl PointDisk for DiskWorker {
                 }
                 self.update_status();
             })
-            .map(|_| ()),
+            .map(|o| o.label),
         }
     }
 

@@ -95,6 +95,10 @@ impl DiskSetup {
         };
         let mut cfg = LogConfig::new(spool, state.disk_id, chunk_size, dev.logical_block_size, dev.size);
         cfg.rotate_bytes = segment_size;
+        cfg.identity = Some(hrl_format::Identity {
+            host: hrl_common::host_name(),
+            name: name.clone(),
+        });
         let mut log = LogWriter::open(cfg)?;
         for r in log.recovered() {
             tracing::warn!(segment = %r.path.display(), records = r.records, torn = ?r.torn_tail, "sealed a segment a previous run left open");

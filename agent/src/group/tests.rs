@@ -77,6 +77,7 @@ fn slow_worker(
                             copied_chunks: Some(0),
                             error: None,
                             note: None,
+                            label: None,
                         }
                     } else {
                         PointReply::refused(&disk, Some(seq), None, "aborted".into())

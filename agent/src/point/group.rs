@@ -10,7 +10,7 @@ use hrl_format::{Group, PointKind, Record, Tag};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::protocol::{abort_point, finish_point, watchdog_thawed, Freezer, Frozen, PointDisk};
+use super::protocol::{abort_point, append_label, finish_point, watchdog_thawed, Freezer, Frozen, PointDisk};
 use super::{HookPoint, PointReply};
 use crate::error::Result;
 
@@ -89,12 +89,16 @@ fn frozen_member(
         return abort_point(disk, seq, kind, "tracking lost events during the group freeze".into());
     }
     let copied = disk.copy_all_dirty()?;
+    let mut label = None;
     if disk.has_hook(HookPoint::WhileFrozen) {
         let left = max.saturating_sub(fz.elapsed());
-        if let Err(e) = disk.run_hook(HookPoint::WhileFrozen, seq, kind, left) {
-            drop(fz);
-            let _ = frozen.send(Err(e.clone()));
-            return abort_point(disk, seq, kind, e);
+        match disk.run_hook(HookPoint::WhileFrozen, seq, kind, left) {
+            Ok(l) => label = l,
+            Err(e) => {
+                drop(fz);
+                let _ = frozen.send(Err(e.clone()));
+                return abort_point(disk, seq, kind, e);
+            }
         }
     }
     let _ = frozen.send(Ok(fz.elapsed().as_secs_f64() * 1e3));
@@ -118,6 +122,7 @@ fn frozen_member(
     let mut at_tag = Duration::ZERO;
     let r = fz.thaw_after(&mut |t| {
         at_tag = t;
+        append_label(disk, seq, label.as_deref())?;
         disk.append(&Record::Group(Group {
             id: point.id,
             seq: point.seq,
@@ -136,7 +141,7 @@ fn frozen_member(
     match r {
         Ok((appended, _thawed)) => {
             appended?;
-            finish_point(disk, seq, kind, at_tag.as_nanos() as u64, copied)
+            finish_point(disk, seq, kind, at_tag.as_nanos() as u64, copied, label)
         }
         Err(after) => abort_point(disk, seq, kind, watchdog_thawed("group freeze", max, after)),
     }

@@ -4,10 +4,58 @@
 //! runs in its own process group, and is killed (the whole group) at its
 //! timeout. A failing hook aborts the point; the freeze guard makes sure
 //! that never leaves a filesystem frozen.
+//!
+//! A hook may label its point by printing `HRL_LABEL=text` on stdout (for
+//! example a database's WAL position); the last such line wins. Its other
+//! stdout lines go to the agent's log.
 
+use std::io::BufRead;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// What a hook that succeeded said.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HookOutput {
+    pub elapsed: Duration,
+    /// From its last `HRL_LABEL=` line: control characters dropped, cut to
+    /// 255 bytes.
+    pub label: Option<String>,
+}
+
+/// Reads a hook's stdout on a thread: each `HRL_LABEL=` line is sent as
+/// `Some(label)`, other lines are logged, and `None` says the pipe closed
+/// (the hook and anything it left running have exited).
+fn read_stdout(what: &str, out: ChildStdout) -> mpsc::Receiver<Option<String>> {
+    let (tx, rx) = mpsc::channel();
+    let what = what.to_string();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().take(10_000) {
+            let Ok(line) = line else { break };
+            match line.strip_prefix("HRL_LABEL=") {
+                Some(l) => {
+                    let clean: String = l.trim().chars().filter(|c| !c.is_control()).collect();
+                    let _ = tx.send(Some(hrl_format::record::clip(&clean).to_string()));
+                }
+                None => tracing::info!(hook = %what, "{line}"),
+            }
+        }
+        let _ = tx.send(None);
+    });
+    rx
+}
+
+/// The last label sent before the pipe closed, waiting at most 200 ms
+/// for the close: a process the hook left running may hold it open.
+fn last_label(rx: mpsc::Receiver<Option<String>>) -> Option<String> {
+    let until = Instant::now() + Duration::from_millis(200);
+    let mut label = None;
+    while let Ok(Some(l)) = rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        label = Some(l);
+    }
+    label
+}
 
 /// The environment of a hook.
 #[derive(Debug, Clone)]
@@ -21,7 +69,7 @@ pub struct HookEnv {
 
 /// Runs `cmd` with `sh -c`; `Err` says what went wrong (exit status,
 /// timeout, spawn failure).
-pub fn run_hook(what: &str, cmd: &str, env: &HookEnv, timeout: Duration) -> Result<Duration, String> {
+pub fn run_hook(what: &str, cmd: &str, env: &HookEnv, timeout: Duration) -> Result<HookOutput, String> {
     run_hook_while(what, cmd, env, timeout, || {})
 }
 
@@ -35,7 +83,7 @@ pub fn run_hook_while(
     env: &HookEnv,
     timeout: Duration,
     mut meanwhile: impl FnMut(),
-) -> Result<Duration, String> {
+) -> Result<HookOutput, String> {
     let t = Instant::now();
     let mut last = Instant::now();
     let mut child = Command::new("/bin/sh")
@@ -47,13 +95,21 @@ pub fn run_hook_while(
         .env("HRL_POINT", env.point.to_string())
         .env("HRL_KIND", env.kind)
         .stdin(Stdio::null())
+        .stdout(Stdio::piped())
         .process_group(0)
         .spawn()
         .map_err(|e| format!("{what} hook could not start: {e}"))?;
     let pid = child.id() as i32;
+    let label = child.stdout.take().map(|o| read_stdout(what, o));
     loop {
         match child.try_wait() {
-            Ok(Some(s)) if s.success() => return Ok(t.elapsed()),
+            Ok(Some(s)) if s.success() => {
+                let elapsed = t.elapsed();
+                // The hook has exited; its output is read within moments
+                // unless something it started keeps the pipe open.
+                let label = label.and_then(last_label);
+                return Ok(HookOutput { elapsed, label });
+            }
             Ok(Some(s)) => return Err(format!("{what} hook failed ({s})")),
             Ok(None) => {}
             Err(e) => return Err(format!("{what} hook: wait: {e}")),
@@ -108,5 +164,30 @@ mod tests {
         let mut ticks = 0;
         run_hook_while("t", "sleep 0.3", &env(), Duration::from_secs(5), || ticks += 1).unwrap();
         assert!(ticks >= 10, "{ticks}");
+    }
+
+    #[test]
+    fn the_last_label_line_labels_the_point() {
+        let o = run_hook(
+            "t",
+            "echo hello; echo HRL_LABEL=first; printf 'HRL_LABEL= lsn=0/3000060\\t \\n'",
+            &env(),
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(o.label.as_deref(), Some("lsn=0/3000060"));
+        assert_eq!(
+            run_hook("t", "echo no label", &env(), Duration::from_secs(5))
+                .unwrap()
+                .label,
+            None
+        );
+        let long = run_hook("t", "printf 'HRL_LABEL=%0300d\\n' 7", &env(), Duration::from_secs(5)).unwrap();
+        assert_eq!(long.label.map(|l| l.len()), Some(255));
+        // A hook that leaves a child holding stdout still returns.
+        let t = Instant::now();
+        let o = run_hook("t", "echo HRL_LABEL=x; (sleep 3 &)", &env(), Duration::from_secs(5)).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        assert_eq!(o.label.as_deref(), Some("x"));
     }
 }

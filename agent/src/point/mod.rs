@@ -18,7 +18,7 @@ use serde::Serialize;
 pub use protocol::{take_point, Freezer, Frozen, PointDisk};
 
 /// Where a hook runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HookPoint {
     /// Before anything else of an app point (databases flush here).
     PreFreeze,
@@ -56,6 +56,9 @@ pub struct PointReply {
     /// Something the operator should know about a point that was taken.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The label a hook gave the point (`HRL_LABEL=...` on its stdout).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 impl PointReply {
@@ -70,6 +73,7 @@ impl PointReply {
             copied_chunks: None,
             error: Some(why),
             note: None,
+            label: None,
         }
     }
 }

@@ -21,7 +21,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use hrl_format::{PointKind, Record, Tag};
+use hrl_format::{Label, PointKind, Record, Tag};
 
 use super::{HookPoint, PointReply};
 use crate::error::Result;
@@ -35,14 +35,15 @@ pub trait PointDisk {
     /// The limit on a pre-freeze or post-thaw hook.
     fn hook_timeout(&self) -> Duration;
     fn has_hook(&self, hook: HookPoint) -> bool;
-    /// Runs a configured hook; `Err` says why it failed.
+    /// Runs a configured hook: `Ok` with the label it printed
+    /// (`HRL_LABEL=...`), or `Err` saying why it failed.
     fn run_hook(
         &mut self,
         hook: HookPoint,
         seq: u64,
         kind: PointKind,
         timeout: Duration,
-    ) -> std::result::Result<(), String>;
+    ) -> std::result::Result<Option<String>, String>;
     /// Allocates the next point sequence (durably: a sequence is never used twice).
     fn next_seq(&mut self) -> Result<u64>;
     /// Lifts (true) or restores (false) the capture rate limit.
@@ -107,6 +108,17 @@ fn tag(seq: u64, kind: PointKind, aborted: bool, freeze_ns: u64, group: Option<u
     })
 }
 
+/// Appends the label a hook gave point `seq` (just before its tag).
+pub fn append_label(disk: &mut impl PointDisk, seq: u64, label: Option<&str>) -> Result<()> {
+    match label {
+        Some(text) => disk.append(&Record::Label(Label {
+            seq,
+            text: text.to_string(),
+        })),
+        None => Ok(()),
+    }
+}
+
 /// Writes an aborted tag (synced) and answers with the reason.
 pub fn abort_point(disk: &mut impl PointDisk, seq: u64, kind: PointKind, why: String) -> Result<PointReply> {
     tracing::warn!(disk = %disk.name(), point = seq, reason = %why, "point aborted");
@@ -123,8 +135,10 @@ pub fn finish_point(
     kind: PointKind,
     freeze_ns: u64,
     copied: u64,
+    label: Option<String>,
 ) -> Result<PointReply> {
     if kind == PointKind::Fuzzy {
+        append_label(disk, seq, label.as_deref())?;
         disk.append(&tag(seq, kind, false, 0, None))?;
     }
     disk.sync_log()?;
@@ -140,6 +154,7 @@ pub fn finish_point(
         copied_chunks: Some(copied),
         error: None,
         note: None,
+        label,
     })
 }
 
@@ -160,18 +175,20 @@ pub fn take_point(disk: &mut impl PointDisk, freezer: Option<&mut dyn Freezer>, 
     if let Some(n) = &note {
         tracing::warn!(disk = %disk.name(), point = seq, "{n}");
     }
+    let mut label = None;
     if app && disk.has_hook(HookPoint::PreFreeze) {
         let t = disk.hook_timeout();
-        if let Err(e) = disk.run_hook(HookPoint::PreFreeze, seq, kind, t) {
-            return abort_point(disk, seq, kind, e);
+        match disk.run_hook(HookPoint::PreFreeze, seq, kind, t) {
+            Ok(l) => label = l,
+            Err(e) => return abort_point(disk, seq, kind, e),
         }
     }
     // Outside the freeze: flush the filesystem and copy what is dirty so
     // the frozen window has little left to do. No rate limit from here.
     disk.unlimited_capture(true);
     let r = match freezer {
-        None => fuzzy(disk, seq),
-        Some(f) => frozen_point(disk, f, seq, kind),
+        None => fuzzy(disk, seq, label),
+        Some(f) => frozen_point(disk, f, seq, kind, label),
     };
     disk.unlimited_capture(false);
     let mut reply = r?;
@@ -186,7 +203,7 @@ pub fn take_point(disk: &mut impl PointDisk, freezer: Option<&mut dyn Freezer>, 
 }
 
 /// No filesystem to freeze: drain, copy, tag.
-fn fuzzy(disk: &mut impl PointDisk, seq: u64) -> Result<PointReply> {
+fn fuzzy(disk: &mut impl PointDisk, seq: u64, mut label: Option<String>) -> Result<PointReply> {
     let kind = PointKind::Fuzzy;
     if disk.drain()? {
         return abort_point(disk, seq, kind, "tracking lost events during the point".into());
@@ -194,11 +211,12 @@ fn fuzzy(disk: &mut impl PointDisk, seq: u64) -> Result<PointReply> {
     let copied = disk.copy_all_dirty()?;
     if disk.has_hook(HookPoint::WhileFrozen) {
         let max = disk.max_freeze();
-        if let Err(e) = disk.run_hook(HookPoint::WhileFrozen, seq, kind, max) {
-            return abort_point(disk, seq, kind, e);
+        match disk.run_hook(HookPoint::WhileFrozen, seq, kind, max) {
+            Ok(l) => label = l.or(label),
+            Err(e) => return abort_point(disk, seq, kind, e),
         }
     }
-    finish_point(disk, seq, kind, 0, copied)
+    finish_point(disk, seq, kind, 0, copied, label)
 }
 
 /// Outside the freeze: flush the filesystem and pre-copy, so the freeze
@@ -209,12 +227,18 @@ pub fn prepare(disk: &mut impl PointDisk, f: &mut dyn Freezer) -> Result<()> {
     disk.precopy_all()
 }
 
-fn frozen_point(disk: &mut impl PointDisk, f: &mut dyn Freezer, seq: u64, kind: PointKind) -> Result<PointReply> {
+fn frozen_point(
+    disk: &mut impl PointDisk,
+    f: &mut dyn Freezer,
+    seq: u64,
+    kind: PointKind,
+    label: Option<String>,
+) -> Result<PointReply> {
     prepare(disk, f)?;
     crash_point!("point-before-freeze");
     let max = disk.max_freeze();
     let r = match f.freeze(max) {
-        Ok(frozen) => frozen_steps(disk, frozen, seq, kind, max),
+        Ok(frozen) => frozen_steps(disk, frozen, (seq, kind), max, label),
         Err(e) => Err(e),
     };
     f.thawed();
@@ -226,9 +250,9 @@ fn frozen_point(disk: &mut impl PointDisk, f: &mut dyn Freezer, seq: u64, kind: 
 fn frozen_steps(
     disk: &mut impl PointDisk,
     frozen: Box<dyn Frozen>,
-    seq: u64,
-    kind: PointKind,
+    (seq, kind): (u64, PointKind),
     max: Duration,
+    mut label: Option<String>,
 ) -> Result<PointReply> {
     if disk.drain()? {
         drop(frozen);
@@ -238,9 +262,12 @@ fn frozen_steps(
     crash_point!("point-frozen");
     if disk.has_hook(HookPoint::WhileFrozen) {
         let left = max.saturating_sub(frozen.elapsed());
-        if let Err(e) = disk.run_hook(HookPoint::WhileFrozen, seq, kind, left) {
-            drop(frozen);
-            return abort_point(disk, seq, kind, e);
+        match disk.run_hook(HookPoint::WhileFrozen, seq, kind, left) {
+            Ok(l) => label = l.or(label),
+            Err(e) => {
+                drop(frozen);
+                return abort_point(disk, seq, kind, e);
+            }
         }
     }
     // The freeze time is FIFREEZE to the Tag (the moment the point's
@@ -249,6 +276,7 @@ fn frozen_steps(
     let mut at_tag = Duration::ZERO;
     let r = frozen.thaw_after(&mut |t| {
         at_tag = t;
+        append_label(disk, seq, label.as_deref())?;
         let r = disk.append(&tag(seq, kind, false, t.as_nanos() as u64, None));
         crash_point!("point-tag-written");
         r
@@ -257,7 +285,7 @@ fn frozen_steps(
         Ok((appended, _thawed)) => {
             appended?;
             crash_point!("point-thawed");
-            finish_point(disk, seq, kind, at_tag.as_nanos() as u64, copied)
+            finish_point(disk, seq, kind, at_tag.as_nanos() as u64, copied, label)
         }
         Err(after) => abort_point(disk, seq, kind, watchdog_thawed("freeze", max, after)),
     }
@@ -292,6 +320,8 @@ pub(crate) mod fake {
         pub failing_hook: Option<HookPoint>,
         pub lose_on_drain: bool,
         pub records: Vec<Record>,
+        /// What each hook prints as its label.
+        pub labels: std::collections::HashMap<HookPoint, String>,
     }
 
     impl PointDisk for FakeDisk {
@@ -307,12 +337,18 @@ pub(crate) mod fake {
         fn has_hook(&self, hook: HookPoint) -> bool {
             self.hooks.contains(&hook)
         }
-        fn run_hook(&mut self, hook: HookPoint, _: u64, _: PointKind, _: Duration) -> std::result::Result<(), String> {
+        fn run_hook(
+            &mut self,
+            hook: HookPoint,
+            _: u64,
+            _: PointKind,
+            _: Duration,
+        ) -> std::result::Result<Option<String>, String> {
             log(&self.journal, format!("hook {hook:?}"));
             if self.failing_hook == Some(hook) {
                 return Err(format!("{hook:?} hook failed"));
             }
-            Ok(())
+            Ok(self.labels.get(&hook).cloned())
         }
         fn next_seq(&mut self) -> Result<u64> {
             self.seq += 1;
@@ -551,5 +587,40 @@ mod tests {
         assert_eq!(r.kind, Some(PointKind::Fuzzy));
         let j = d.journal.lock().unwrap().clone();
         assert_eq!(j, ["unlimited", "drain", "copy", "tag", "fsync", "done", "limited"]);
+    }
+
+    #[test]
+    fn a_hook_label_goes_just_before_the_tag_and_the_frozen_one_wins() {
+        let mut d = FakeDisk {
+            hooks: vec![HookPoint::PreFreeze, HookPoint::WhileFrozen],
+            labels: [(HookPoint::PreFreeze, "pre".to_string())].into(),
+            ..Default::default()
+        };
+        let (r, _) = run(&mut d, false, true);
+        assert_eq!(r.label.as_deref(), Some("pre"));
+        let labelled = |d: &FakeDisk| {
+            let i = d.records.iter().position(|r| matches!(r, Record::Tag(_))).unwrap();
+            match &d.records[i - 1] {
+                Record::Label(l) => Some((l.seq, l.text.clone())),
+                _ => None,
+            }
+        };
+        assert_eq!(labelled(&d), Some((1, "pre".to_string())));
+        let mut d = FakeDisk {
+            hooks: vec![HookPoint::PreFreeze, HookPoint::WhileFrozen],
+            labels: [
+                (HookPoint::PreFreeze, "pre".to_string()),
+                (HookPoint::WhileFrozen, "frozen".to_string()),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let (r, _) = run(&mut d, false, true);
+        assert_eq!(r.label.as_deref(), Some("frozen"));
+        assert_eq!(labelled(&d), Some((1, "frozen".to_string())));
+        // No label: no Label record.
+        let mut d = FakeDisk::default();
+        run(&mut d, false, false);
+        assert!(!d.records.iter().any(|r| matches!(r, Record::Label(_))));
     }
 }

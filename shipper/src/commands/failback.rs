@@ -22,15 +22,17 @@ pub struct Args {
 
 pub async fn run(a: Args) -> Result<u8> {
     let repo = a.r.open().await?;
-    let PointArgs { disk, point } = a.p;
+    let disk = a.p.disk_id(&repo).await?;
+    let point = a.p.point;
     let rep = crate::restore::failback(&repo, &disk, point, &a.to, true).await?;
     if a.json {
         return print_json(&rep).map(|()| 0);
     }
     println!(
-        "failed back {} to point {} of disk {disk}: {} chunks compared, {} written ({} zero), {} already right; {:.1}s",
+        "failed back {} to point {} of disk {}: {} chunks compared, {} written ({} zero), {} already right; {:.1}s",
         a.to.display(),
         rep.point,
+        rep.disk_label,
         rep.compared,
         rep.stored_chunks + rep.zero_chunks,
         rep.zero_chunks,

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use uuid::Uuid;
+
 use super::{PointArgs, RepoArgs};
 use crate::error::{Result, ShipError};
 use crate::repo::fence::{check_fence, record, FailoverRecord};
@@ -30,15 +32,13 @@ pub struct Args {
 
 /// Says what failover will do and asks on a terminal; off a terminal only
 /// `--yes` lets it go ahead.
-fn confirm(a: &Args, seq: u64) -> Result<()> {
+fn confirm(a: &Args, disk: &str, id: &Uuid, seq: u64) -> Result<()> {
     if a.yes {
         return Ok(());
     }
     let what = format!(
-        "failover restores point {seq} of disk {} onto {}, then records failover/{} in the repository: from then on the shippers of the old source refuse to publish points of this disk (its replication stops).",
-        a.p.disk,
+        "failover restores point {seq} of disk {disk} onto {}, then records failover/{id} in the repository: from then on the shippers of the old source refuse to publish points of this disk (its replication stops).",
         a.to.display(),
-        a.p.disk
     );
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(ShipError::Usage(format!(
@@ -59,7 +59,8 @@ Not on a terminal to confirm: pass --yes to fail over. Nothing was done."
 
 pub async fn run(a: Args) -> Result<u8> {
     let repo = a.r.open().await?;
-    let PointArgs { disk, point } = a.p;
+    let disk = a.p.disk_id(&repo).await?;
+    let point = a.p.point;
     if !a.force {
         // Only a fence says "already failed over"; any other error (the
         // store is down) is reported as what it is.
@@ -74,7 +75,8 @@ pub async fn run(a: Args) -> Result<u8> {
         }
     }
     let seq = crate::restore::resolve(&repo, &disk, point).await?;
-    confirm(&a, seq)?;
+    let label = crate::repo::manifest::load(&repo, &disk, seq).await?.0.disk_label();
+    confirm(&a, &label, &disk, seq)?;
     let rep = crate::restore::restore(&repo, &disk, PointSel::Seq(seq), &a.to, true).await?;
     let rec = FailoverRecord {
         disk,
@@ -85,7 +87,7 @@ pub async fn run(a: Args) -> Result<u8> {
     };
     record(&repo, &rec).await?;
     println!(
-        "failed over disk {disk} to point {} on {} ({:.1}s); shippers of the old source now refuse to publish for this disk",
+        "failed over disk {label} to point {} on {} ({:.1}s); shippers of the old source now refuse to publish for this disk",
         rep.point,
         a.to.display(),
         rep.seconds

@@ -51,12 +51,22 @@ impl RepoArgs {
 /// Which disk and point.
 #[derive(clap::Args, Clone)]
 pub struct PointArgs {
-    /// The disk's id (`hrl-shipper points` lists them).
+    /// The disk: HOST/NAME, NAME when unique in the repository, its id, or
+    /// a unique id prefix (`hrl-shipper points` lists them). Default: the
+    /// repository's only disk.
     #[arg(long)]
-    pub disk: Uuid,
+    pub disk: Option<String>,
     /// `latest` or a point sequence.
     #[arg(long, default_value = "latest")]
     pub point: PointSel,
+}
+
+impl PointArgs {
+    /// The disk id `--disk` names in `repo` (refused when it names several
+    /// or none, with the candidates listed).
+    pub async fn disk_id(&self, repo: &Repo) -> Result<Uuid> {
+        crate::repo::disks::resolve(repo, self.disk.as_deref()).await
+    }
 }
 
 #[derive(Subcommand)]

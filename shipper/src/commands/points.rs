@@ -2,19 +2,19 @@
 
 use std::io::Write;
 
-use uuid::Uuid;
-
 use super::{print_json, RepoArgs};
 use crate::error::Result;
+use crate::repo::disks::{self, DiskInfo};
 use crate::repo::{groups, manifest, Repo};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     r: RepoArgs,
-    /// Only this disk's points (default: every disk).
+    /// Only this disk's points: HOST/NAME, NAME when unique, its id or a
+    /// unique id prefix (default: every disk).
     #[arg(long, conflicts_with = "group")]
-    disk: Option<Uuid>,
+    disk: Option<String>,
     /// The points of this consistency group instead.
     #[arg(long)]
     group: Option<String>,
@@ -31,7 +31,7 @@ pub async fn run(a: Args) -> Result<u8> {
     let repo = a.r.open().await?;
     match &a.group {
         Some(g) => group_points(&repo, g, a.json).await,
-        None => disk_points(&repo, a.disk, a.before, a.json).await,
+        None => disk_points(&repo, a.disk.as_deref(), a.before, a.json).await,
     }
 }
 
@@ -61,26 +61,29 @@ async fn group_points(repo: &Repo, group: &str, json: bool) -> Result<u8> {
     Ok(0)
 }
 
-async fn disk_points(repo: &Repo, disk: Option<Uuid>, before: Option<u64>, json: bool) -> Result<u8> {
-    let disks = match disk {
-        Some(d) => vec![d],
-        None => manifest::list_disks(repo).await?,
+async fn disk_points(repo: &Repo, disk: Option<&str>, before: Option<u64>, json: bool) -> Result<u8> {
+    let all = disks::list(repo).await?;
+    let chosen: Vec<&DiskInfo> = match disk {
+        Some(sel) => vec![disks::select(&all, Some(sel), &repo.url)?],
+        None => all.iter().collect(),
     };
+    let width = chosen.iter().map(|d| d.label().len()).max().unwrap_or(0).max(4);
     let mut out = std::io::stdout().lock();
     // A closed pipe (`| head`) ends the listing quietly.
     if !json
         && writeln!(
             out,
-            "{:<36} {:>6} {:<6} {:>10} {:<34} {:>8} {:>10}",
+            "{:<width$} {:>6} {:<5} {:>10} {:<34} {:>8} {:>10}  LABEL",
             "DISK", "POINT", "KIND", "SIZE", "TIME (UTC)", "CHUNKS", "NEW"
         )
         .is_err()
     {
         return Ok(0);
     }
-    for d in disks {
-        for seq in manifest::list_points(repo, &d).await? {
-            let (h, _) = manifest::load(repo, &d, seq).await?;
+    let now = hrl_format::now_ns();
+    for d in chosen {
+        for seq in manifest::list_points(repo, &d.id).await? {
+            let (h, _) = manifest::load(repo, &d.id, seq).await?;
             if before.is_some_and(|t| h.time_ns > t) {
                 continue;
             }
@@ -91,14 +94,15 @@ async fn disk_points(repo: &Repo, disk: Option<Uuid>, before: Option<u64>, json:
             } else {
                 writeln!(
                     out,
-                    "{:<36} {:>6} {:<6} {:>10} {:<34} {:>8} {:>10}",
-                    d.to_string(),
+                    "{:<width$} {:>6} {:<5} {:>10} {:<34} {:>8} {:>10}  {}",
+                    d.label(),
                     seq,
                     format!("{:?}", h.kind).to_lowercase(),
                     hrl_format::human_bytes(h.device_size),
-                    hrl_common::time::when(h.time_ns, hrl_format::now_ns()),
+                    hrl_common::time::when(h.time_ns, now),
                     h.entries,
-                    hrl_format::human_bytes(h.new_bytes)
+                    hrl_format::human_bytes(h.new_bytes),
+                    h.label.as_deref().unwrap_or("")
                 )
             };
             if r.is_err() {

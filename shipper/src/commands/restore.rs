@@ -3,8 +3,6 @@
 
 use std::path::PathBuf;
 
-use uuid::Uuid;
-
 use super::{print_json, stderr_is_terminal, RepoArgs};
 use crate::error::{Result, ShipError};
 use crate::restore::group::restore_group;
@@ -14,9 +12,11 @@ use crate::restore::{restore_to, PointSel, RestoreOptions};
 pub struct Args {
     #[command(flatten)]
     r: RepoArgs,
-    /// The disk's id (`hrl-shipper points` lists them).
-    #[arg(long, required_unless_present = "group", conflicts_with = "group")]
-    disk: Option<Uuid>,
+    /// The disk: HOST/NAME, NAME when unique in the repository, its id, or
+    /// a unique id prefix (`hrl-shipper points` lists them). Default: the
+    /// repository's only disk.
+    #[arg(long, conflicts_with = "group")]
+    disk: Option<String>,
     /// Restore every member of a complete point of this consistency group.
     #[arg(long, requires = "to_dir")]
     group: Option<String>,
@@ -53,7 +53,7 @@ pub async fn run(a: Args) -> Result<u8> {
             } else {
                 println!(
                     "restored disk {} point {} to {} ({:.1}s), every chunk verified",
-                    rep.disk,
+                    rep.disk_label,
                     rep.point,
                     rep.target.display(),
                     rep.seconds
@@ -65,11 +65,10 @@ pub async fn run(a: Args) -> Result<u8> {
         }
         return Ok(0);
     }
-    let (Some(disk), Some(to)) = (a.disk, &a.to) else {
-        return Err(ShipError::Usage(
-            "restore needs --disk and --to (or --group and --to-dir)".into(),
-        ));
+    let Some(to) = &a.to else {
+        return Err(ShipError::Usage("restore needs --to (or --group and --to-dir)".into()));
     };
+    let disk = crate::repo::disks::resolve(&repo, a.disk.as_deref()).await?;
     let point = match (a.before, a.point) {
         (None, p) => p,
         (Some(t), PointSel::Latest) => PointSel::Seq(crate::restore::newest_before(&repo, &disk, t).await?),
@@ -86,10 +85,10 @@ pub async fn run(a: Args) -> Result<u8> {
         return print_json(&rep).map(|()| 0);
     }
     println!(
-        "restored point {} ({:?}) of disk {} to {}: {} disk, {} of data written in {:.2}s ({:.0} MiB/s of data), {} stored and {} zero chunks, every chunk verified",
+        "restored point {} ({}) of disk {} to {}: {} disk, {} of data written in {:.2}s ({:.0} MiB/s of data), {} stored and {} zero chunks, every chunk verified",
         rep.point,
-        rep.kind,
-        rep.disk,
+        format!("{:?}", rep.kind).to_lowercase(),
+        rep.disk_label,
         rep.target.display(),
         hrl_format::human_bytes(rep.device_size),
         hrl_format::human_bytes(rep.bytes_written),

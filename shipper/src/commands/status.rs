@@ -32,14 +32,22 @@ pub fn run(a: Args) -> Result<u8> {
             hrl_format::human_bytes(st.upload_bytes),
             st.endpoint_errors
         );
+        let label = |d: &uuid::Uuid, ds: &crate::ship::status::DiskShipStatus| ds.label().unwrap_or(d.to_string());
+        let width = st
+            .disks
+            .iter()
+            .map(|(d, ds)| label(d, ds).len())
+            .max()
+            .unwrap_or(0)
+            .max(4);
         println!(
-            "{:<36} {:>8} {:>10} {:>12}  RPO_WARN",
+            "{:<width$} {:>8} {:>10} {:>12}  RPO_WARN",
             "DISK", "POINT", "RPO", "UNPUBLISHED"
         );
         for (d, ds) in &st.disks {
             println!(
-                "{:<36} {:>8} {:>10} {:>12}  {}",
-                d.to_string(),
+                "{:<width$} {:>8} {:>10} {:>12}  {}",
+                label(d, ds),
                 ds.last_point.map_or("-".into(), |p| p.to_string()),
                 ds.rpo_seconds.map_or("-".into(), |r| format!("{r:.1}s")),
                 hrl_format::human_bytes(ds.unpublished_bytes),

@@ -119,7 +119,8 @@ fn run_check(cmd: &str, to: &Path, mounted: Option<&Mounted>) -> Result<bool> {
 
 pub async fn run(a: Args) -> Result<u8> {
     let repo = a.r.open().await?;
-    let PointArgs { disk, point } = a.p;
+    let disk = a.p.disk_id(&repo).await?;
+    let point = a.p.point;
     if a.to.exists() {
         return Err(ShipError::Usage(format!(
             "{}: the scratch target exists; test-failover writes a new one and removes it after",
@@ -129,8 +130,9 @@ pub async fn run(a: Args) -> Result<u8> {
     let restored = crate::restore::restore(&repo, &disk, point, &a.to, true).await;
     let checked = restored.and_then(|rep| -> Result<bool> {
         println!(
-            "test failover: restored point {} of disk {disk} to {} in {:.1}s",
+            "test failover: restored point {} of disk {} to {} in {:.1}s",
             rep.point,
+            rep.disk_label,
             a.to.display(),
             rep.seconds
         );

@@ -22,18 +22,20 @@ pub struct Args {
 
 pub async fn run(a: Args) -> Result<u8> {
     let repo = a.r.open().await?;
-    let PointArgs { disk, point } = a.p;
+    let disk = a.p.disk_id(&repo).await?;
+    let point = a.p.point;
     let (seq, diffs) = crate::restore::verify(&repo, &disk, point, &a.against).await?;
+    let label = crate::repo::manifest::load(&repo, &disk, seq).await?.0.disk_label();
     if a.json {
-        print_json(&serde_json::json!({"point": seq, "differences": diffs}))?;
+        print_json(&serde_json::json!({"disk": disk, "disk_label": label, "point": seq, "differences": diffs}))?;
     } else if diffs.is_empty() {
-        println!("{} matches point {seq} of disk {disk}", a.against.display());
+        println!("{} matches point {seq} of disk {label}", a.against.display());
     } else {
         for d in &diffs {
             println!("differs: offset {} length {}", d.offset, d.len);
         }
         println!(
-            "{} differs from point {seq} of disk {disk} in {} ranges, {} in all",
+            "{} differs from point {seq} of disk {label} in {} ranges, {} in all",
             a.against.display(),
             diffs.len(),
             hrl_format::human_bytes(diffs.iter().map(|d| d.len).sum())

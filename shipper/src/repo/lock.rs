@@ -17,7 +17,7 @@ pub const STALE_LOCK: Duration = Duration::from_secs(6 * 3600);
 /// Takes the prune lock (conditional create). A stale lock is replaced.
 pub async fn take(repo: &Repo) -> Result<()> {
     let body = serde_json::to_vec(&serde_json::json!({
-        "host": hostname(),
+        "host": hrl_common::host_name(),
         "pid": std::process::id(),
         "time_ns": hrl_format::now_ns(),
     }))
@@ -38,12 +38,6 @@ pub async fn take(repo: &Repo) -> Result<()> {
         None if repo.put_new(LOCK, body).await? => Ok(()),
         None => Err(ShipError::Usage(format!("another prune took {LOCK} just now"))),
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
 }
 
 /// Age of the prune lock, if it exists.

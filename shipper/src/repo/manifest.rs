@@ -38,6 +38,26 @@ pub struct PointHeader {
     /// The consistency-group point this point is a member of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupRef>,
+    /// The machine's host name, from the spool's Identity record (format
+    /// 1.2); absent in manifests of older spools, which list by UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// The disk's name in the agent's configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A label a point hook attached (`HRL_LABEL=...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+impl PointHeader {
+    /// `host/name` when the manifest names its disk, else the disk's UUID.
+    pub fn disk_label(&self) -> String {
+        match (&self.host, &self.name) {
+            (Some(h), Some(n)) => format!("{h}/{n}"),
+            _ => self.disk.to_string(),
+        }
+    }
 }
 
 /// The group point a member point belongs to (from the spool's Group record).

@@ -9,10 +9,11 @@
 //! writes a restore target; those are `crate::ship` and `crate::restore`.
 //!
 //! Leaves first: `crypto` and `pack` (pure formats), `repository` (the
-//! store and durable writes), then `manifest`, `groups`, `fence`, `lock`.
+//! store and durable writes), then `manifest`, `disks` (names), `groups`, `fence`, `lock`.
 
 pub mod azure;
 pub mod crypto;
+pub mod disks;
 pub mod fence;
 pub mod groups;
 pub mod lock;

@@ -241,6 +241,7 @@ async fn write_point(j: &Job<'_>, target: &Target) -> Result<RestoreReport> {
     size_target(target, to, h, disk, seq)?;
     let mut rep = RestoreReport {
         disk: *disk,
+        disk_label: h.disk_label(),
         point: seq,
         kind: h.kind,
         device_size: h.device_size,

@@ -65,6 +65,8 @@ pub async fn resolve(repo: &Repo, disk: &Uuid, p: PointSel) -> Result<u64> {
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
     pub disk: Uuid,
+    /// `host/name` from the manifest, or the UUID for older manifests.
+    pub disk_label: String,
     pub point: u64,
     pub kind: hrl_format::PointKind,
     pub device_size: u64,

@@ -51,6 +51,11 @@ pub(super) struct DiskShipper {
     pub(super) uploads: VecDeque<tokio::task::JoinHandle<Result<()>>>,
     /// The Group record just read (it precedes its tag).
     pub(super) group: Option<hrl_format::Group>,
+    /// Host and disk name from the Identity record that starts each
+    /// segment (`None` for a spool written before format 1.2).
+    pub(super) identity: Option<hrl_format::Identity>,
+    /// The Label record just read (it precedes its tag).
+    pub(super) label: Option<hrl_format::Label>,
     /// Window entries read since the last journal append.
     pub(super) window_log: Vec<(u64, ChunkRef)>,
     /// (newest point published, points since the last checkpoint
@@ -65,6 +70,15 @@ const UPLOADS: usize = 4;
 impl DiskShipper {
     pub(super) fn new(spool: &Path, disk: Uuid) -> Result<Self> {
         let (start, j) = resume_point(spool, &disk)?;
+        // Resuming inside a segment skips its Identity record: read it.
+        let seg = spool.join(hrl_format::segment_file_name(disk, start.seq));
+        let identity = match hrl_format::segment_identity(&seg) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::debug!(disk = %disk, error = %e, "no identity from the segment at the cursor yet");
+                None
+            }
+        };
         Ok(DiskShipper {
             disk,
             follower: Follower::new(spool, disk, start),
@@ -78,6 +92,8 @@ impl DiskShipper {
             last_published_seq: None,
             uploads: VecDeque::new(),
             group: None,
+            identity,
+            label: None,
             window_log: Vec::new(),
             since_cp: None,
         })
@@ -171,6 +187,8 @@ impl DiskShipper {
                     self.window_log.push((idx, ChunkRef::Zero));
                 }
                 Record::Group(g) => self.group = Some(g),
+                Record::Identity(i) => self.identity = Some(i),
+                Record::Label(l) => self.label = Some(l),
                 Record::Tag(t) if !t.aborted => {
                     let p = Publish {
                         repo,

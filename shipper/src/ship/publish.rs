@@ -190,6 +190,9 @@ impl DiskShipper {
             data_bytes: self.window_data,
             published_ns: hrl_format::now_ns(),
             group,
+            host: self.identity.as_ref().map(|i| i.host.clone()),
+            name: self.identity.as_ref().map(|i| i.name.clone()),
+            label: self.label.take().filter(|l| l.seq == tag.seq).map(|l| l.text),
         };
         let body = manifest::encode(repo, &h, &map)?;
         report.upload_bytes += body.len() as u64;

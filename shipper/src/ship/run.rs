@@ -134,6 +134,10 @@ fn save_status(
         st.upload_rate_limit = opts.upload.rate.load(Ordering::Relaxed);
         for d in disks {
             let e = st.disks.entry(d.disk).or_default();
+            if let Some(i) = &d.identity {
+                e.host = Some(i.host.clone());
+                e.name = Some(i.name.clone());
+            }
             e.unpublished_bytes = d.window_data;
             e.last_point_time_ns = d.last_published_ns;
             e.last_point = d.last_published_seq;

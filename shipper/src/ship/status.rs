@@ -42,6 +42,11 @@ pub struct ShipReport {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DiskShipStatus {
+    /// Host and disk name from the spool (format 1.2), `None` before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub last_point: Option<u64>,
     /// Tag time of the newest published point.
     pub last_point_time_ns: Option<u64>,
@@ -50,6 +55,13 @@ pub struct DiskShipStatus {
     pub rpo_exceeded: bool,
     /// Bytes of chunk data read since the last published point.
     pub unpublished_bytes: u64,
+}
+
+impl DiskShipStatus {
+    /// `host/name` when the spool names the disk.
+    pub fn label(&self) -> Option<String> {
+        Some(format!("{}/{}", self.host.as_ref()?, self.name.as_ref()?))
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -153,7 +165,10 @@ pub fn render(s: &ShipStatus) -> String {
         "Chunk data read since the last published point",
     );
     for (d, ds) in &s.disks {
-        let l: Labels = vec![("disk".into(), d.to_string())];
+        let mut l: Labels = vec![("disk".into(), d.to_string())];
+        if let Some(n) = ds.label() {
+            l.push(("name".into(), n));
+        }
         if let Some(r) = ds.rpo_seconds {
             rpo.get_or_create(&l).set(r);
         }

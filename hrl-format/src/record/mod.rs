@@ -15,9 +15,10 @@
 //! The payload layouts are in `docs/hrl-format.md` and in the `encode_*`
 //! functions below, which are the only code that writes them.
 
-use uuid::Uuid;
+mod decode;
+mod display;
 
-use crate::header::arr;
+use uuid::Uuid;
 
 /// Length of the frame header in front of every payload.
 pub const FRAME_LEN: usize = 12;
@@ -39,6 +40,11 @@ pub mod rtype {
     pub const SEAL: u8 = 7;
     /// Since 1.1: the consistency-group point the next tag belongs to.
     pub const GROUP: u8 = 8;
+    /// Since 1.2: the machine's host name and the disk's name, first in
+    /// every segment.
+    pub const IDENTITY: u8 = 9;
+    /// Since 1.2: a label a hook attached to the next tag.
+    pub const LABEL: u8 = 10;
     /// First type number a reader may not skip.
     pub const MANDATORY: u8 = 128;
 }
@@ -163,6 +169,39 @@ pub struct Group {
     pub name: String,
 }
 
+/// Longest host name, disk name or label a record carries, in bytes.
+pub const MAX_TEXT: usize = 255;
+
+/// Who this log belongs to, as operators name it: written first in every
+/// segment (so a reader that starts at any segment knows it), since
+/// version 1.2. A 1.0 or 1.1 reader skips it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The machine's host name (UTF-8, at most [`MAX_TEXT`] bytes).
+    pub host: String,
+    /// The disk's name in the agent's configuration (at most [`MAX_TEXT`] bytes).
+    pub name: String,
+}
+
+/// A short text a point hook attached to point `seq` (for example a
+/// database's WAL position), written just before that point's tag, since
+/// version 1.2. A 1.0 or 1.1 reader skips it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    pub seq: u64,
+    /// UTF-8, at most [`MAX_TEXT`] bytes.
+    pub text: String,
+}
+
+/// `s` cut to at most [`MAX_TEXT`] bytes at a character boundary.
+pub fn clip(s: &str) -> &str {
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Tracking was lost for a range (or the whole device).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lost {
@@ -205,6 +244,8 @@ pub enum Record {
     Mode(ModeChange),
     Seal(Seal),
     Group(Group),
+    Identity(Identity),
+    Label(Label),
 }
 
 impl Record {
@@ -219,6 +260,8 @@ impl Record {
             Record::Mode(_) => rtype::MODE,
             Record::Seal(_) => rtype::SEAL,
             Record::Group(_) => rtype::GROUP,
+            Record::Identity(_) => rtype::IDENTITY,
+            Record::Label(_) => rtype::LABEL,
         }
     }
 
@@ -237,7 +280,7 @@ impl Record {
             Record::Lost(l) => Some(l.time_ns),
             Record::Mode(m) => Some(m.time_ns),
             Record::Seal(s) => Some(s.time_ns),
-            Record::Group(_) => None,
+            Record::Group(_) | Record::Identity(_) | Record::Label(_) => None,
         }
     }
 
@@ -252,6 +295,8 @@ impl Record {
             Record::Mode(_) => 16,
             Record::Seal(_) => 32,
             Record::Group(g) => 32 + g.name.len(),
+            Record::Identity(i) => 8 + clip(&i.host).len() + clip(&i.name).len(),
+            Record::Label(l) => 8 + clip(&l.text).len(),
         }
     }
 
@@ -315,52 +360,19 @@ impl Record {
                 out.extend_from_slice(&[0u8; 4]);
                 out.extend_from_slice(g.name.as_bytes());
             }
+            Record::Identity(i) => {
+                let (host, name) = (clip(&i.host), clip(&i.name));
+                out.push(host.len() as u8);
+                out.push(name.len() as u8);
+                out.extend_from_slice(&[0u8; 6]);
+                out.extend_from_slice(host.as_bytes());
+                out.extend_from_slice(name.as_bytes());
+            }
+            Record::Label(l) => {
+                out.extend_from_slice(&l.seq.to_le_bytes());
+                out.extend_from_slice(clip(&l.text).as_bytes());
+            }
         }
-    }
-
-    /// Decodes a payload of a known type. `Ok(None)` for an unknown
-    /// skippable type; `Err(reason)` for a malformed payload (the caller
-    /// names file and offset).
-    pub fn decode_payload(rt: u8, p: &[u8]) -> Result<Option<Record>, String> {
-        let p = Payload { rt, p };
-        let rec = match rt {
-            rtype::EXTENT => p.extent()?,
-            rtype::FLUSH => {
-                p.exact(16)?;
-                Record::Flush(Flush {
-                    fua: p.flag(0, "flush fua")?,
-                    time_ns: p.u64_at(8),
-                })
-            }
-            rtype::DATA => {
-                p.need(16)?;
-                Record::Data(Data {
-                    offset: p.u64_at(0),
-                    flags: u32::from_le_bytes(arr(&p.p[8..12])),
-                    data: p.p[16..].to_vec(),
-                })
-            }
-            rtype::TAG => p.tag()?,
-            rtype::LOST => p.lost()?,
-            rtype::MODE => p.mode()?,
-            rtype::SEAL => {
-                p.exact(32)?;
-                Record::Seal(Seal {
-                    records: p.u64_at(0),
-                    bytes: p.u64_at(8),
-                    time_ns: p.u64_at(16),
-                    recovered: p.flag(24, "seal recovered")?,
-                })
-            }
-            rtype::GROUP => p.group()?,
-            x if x >= rtype::MANDATORY => {
-                return Err(format!(
-                    "record type {x} must be understood but is unknown to this build"
-                ))
-            }
-            _ => return Ok(None),
-        };
-        Ok(Some(rec))
     }
 
     /// A JSON object describing the record (for `hrl dump --json` and
@@ -384,6 +396,8 @@ impl Record {
                 "time_ns": s.time_ns, "recovered": s.recovered}),
             Record::Group(g) => json!({"type": "group", "id": g.id.to_string(), "seq": g.seq,
                 "members": g.members, "name": g.name}),
+            Record::Identity(i) => json!({"type": "identity", "host": i.host, "name": i.name}),
+            Record::Label(l) => json!({"type": "label", "seq": l.seq, "text": l.text}),
         }
     }
 }
@@ -399,6 +413,8 @@ pub fn type_name(rt: u8) -> &'static str {
         rtype::MODE => "mode",
         rtype::SEAL => "seal",
         rtype::GROUP => "group",
+        rtype::IDENTITY => "identity",
+        rtype::LABEL => "label",
         _ => "unknown",
     }
 }
@@ -422,178 +438,4 @@ pub fn encode_framed(signature: u64, rec: &Record, out: &mut Vec<u8>) {
     out[start + 8] = rec.rtype();
     let crc = record_crc(signature, &out[start + 4..start + FRAME_LEN], &out[start + FRAME_LEN..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
-}
-
-impl std::fmt::Display for Record {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Record::Extent(e) => write!(
-                f,
-                "extent {:?} offset={} len={}{}",
-                e.op,
-                e.offset,
-                e.len,
-                if e.failed { " FAILED" } else { "" }
-            ),
-            Record::Flush(x) => write!(f, "flush{}", if x.fua { " fua" } else { "" }),
-            Record::Data(d) if d.is_zero() => write!(f, "data offset={} zero chunk", d.offset),
-            Record::Data(d) => write!(f, "data offset={} len={}", d.offset, d.data.len()),
-            Record::Tag(t) => write!(
-                f,
-                "tag seq={} kind={:?} freeze={:.1}ms{}{}",
-                t.seq,
-                t.kind,
-                t.freeze_ns as f64 / 1e6,
-                if t.aborted { " ABORTED" } else { "" },
-                t.group.map(|g| format!(" group={g}")).unwrap_or_default()
-            ),
-            Record::Lost(l) => match l.range {
-                Some((o, n)) => write!(f, "LOST {:?} offset={o} len={n} {}", l.reason, l.detail),
-                None => write!(f, "LOST {:?} whole device {}", l.reason, l.detail),
-            },
-            Record::Mode(m) => write!(f, "mode {:?}", m.mode),
-            Record::Seal(s) => write!(
-                f,
-                "seal records={} bytes={}{}",
-                s.records,
-                s.bytes,
-                if s.recovered { " (recovered)" } else { "" }
-            ),
-            Record::Group(g) => write!(f, "group {} seq={} members={} id={}", g.name, g.seq, g.members, g.id),
-        }
-    }
-}
-
-/// A payload being decoded: its type (for messages) and bytes. Every
-/// accessor is called only after `need`/`exact` checked the length.
-struct Payload<'a> {
-    rt: u8,
-    p: &'a [u8],
-}
-
-impl Payload<'_> {
-    fn need(&self, n: usize) -> Result<(), String> {
-        if self.p.len() < n {
-            return Err(format!(
-                "{} payload is {} bytes, needs at least {n}",
-                type_name(self.rt),
-                self.p.len()
-            ));
-        }
-        Ok(())
-    }
-
-    fn exact(&self, n: usize) -> Result<(), String> {
-        if self.p.len() != n {
-            return Err(format!(
-                "{} payload is {} bytes, must be {n}",
-                type_name(self.rt),
-                self.p.len()
-            ));
-        }
-        Ok(())
-    }
-
-    fn u64_at(&self, o: usize) -> u64 {
-        u64::from_le_bytes(arr(&self.p[o..o + 8]))
-    }
-
-    fn flag(&self, at: usize, what: &str) -> Result<bool, String> {
-        match self.p[at] {
-            0 => Ok(false),
-            1 => Ok(true),
-            x => Err(format!("{what} flag has value {x}, must be 0 or 1")),
-        }
-    }
-
-    fn text_from(&self, at: usize, what: &str) -> Result<String, String> {
-        std::str::from_utf8(&self.p[at..])
-            .map(str::to_string)
-            .map_err(|_| format!("{what} is not UTF-8"))
-    }
-
-    fn extent(&self) -> Result<Record, String> {
-        self.exact(32)?;
-        let op = match self.p[0] {
-            1 => ExtentOp::Write,
-            2 => ExtentOp::Discard,
-            3 => ExtentOp::WriteZeroes,
-            x => return Err(format!("unknown extent op {x}")),
-        };
-        Ok(Record::Extent(Extent {
-            op,
-            failed: self.flag(1, "extent failed")?,
-            offset: self.u64_at(8),
-            len: self.u64_at(16),
-            time_ns: self.u64_at(24),
-        }))
-    }
-
-    fn tag(&self) -> Result<Record, String> {
-        self.exact(48)?;
-        let kind = match self.p[8] {
-            1 => PointKind::Crash,
-            2 => PointKind::App,
-            3 => PointKind::Fuzzy,
-            x => return Err(format!("unknown point kind {x}")),
-        };
-        let g = Uuid::from_bytes(arr(&self.p[32..48]));
-        Ok(Record::Tag(Tag {
-            seq: self.u64_at(0),
-            kind,
-            aborted: self.flag(9, "tag aborted")?,
-            time_ns: self.u64_at(16),
-            freeze_ns: self.u64_at(24),
-            group: if g.is_nil() { None } else { Some(g) },
-        }))
-    }
-
-    fn lost(&self) -> Result<Record, String> {
-        self.need(32)?;
-        let reason = match self.p[0] {
-            1 => LossReason::Overrun,
-            2 => LossReason::Restart,
-            3 => LossReason::Resize,
-            4 => LossReason::Unclean,
-            5 => LossReason::Error,
-            x => return Err(format!("unknown loss reason {x}")),
-        };
-        let whole = self.flag(1, "lost whole-device")?;
-        Ok(Record::Lost(Lost {
-            reason,
-            range: if whole {
-                None
-            } else {
-                Some((self.u64_at(8), self.u64_at(16)))
-            },
-            time_ns: self.u64_at(24),
-            detail: self.text_from(32, "lost detail")?,
-        }))
-    }
-
-    fn mode(&self) -> Result<Record, String> {
-        self.exact(16)?;
-        let mode = match self.p[0] {
-            1 => DiskMode::InitialSync,
-            2 => DiskMode::Data,
-            3 => DiskMode::Bitmap,
-            4 => DiskMode::Resync,
-            5 => DiskMode::Paused,
-            x => return Err(format!("unknown disk mode {x}")),
-        };
-        Ok(Record::Mode(ModeChange {
-            mode,
-            time_ns: self.u64_at(8),
-        }))
-    }
-
-    fn group(&self) -> Result<Record, String> {
-        self.need(32)?;
-        Ok(Record::Group(Group {
-            id: Uuid::from_bytes(arr(&self.p[0..16])),
-            seq: self.u64_at(16),
-            members: u32::from_le_bytes(arr(&self.p[24..28])),
-            name: self.text_from(32, "group name")?,
-        }))
-    }
 }
