@@ -15,6 +15,7 @@ pub mod record;
 pub mod replay;
 pub mod spool;
 pub mod stats;
+pub mod stream;
 #[doc(hidden)]
 pub mod testutil;
 pub mod writer;
@@ -30,6 +31,7 @@ pub use record::{
 pub use replay::{replay, ReplayReport};
 pub use spool::{list_disks, list_segments, parse_segment_name, segment_file_name, SegmentName};
 pub use stats::{stat_path, RangeSet, Stats, StatsBuilder};
+pub use stream::SegmentStream;
 pub use writer::{sync_dir, LogConfig, LogWriter, Position, RecoveredSegment, SegmentWriter};
 
 /// Nanoseconds since the Unix epoch (0 if the clock is before it).

@@ -41,6 +41,10 @@ pub enum ShipError {
     Corrupt { what: String, why: String },
     #[error("disk {disk}: {why}")]
     Point { disk: String, why: String },
+    /// A process server could not be reached or answered nonsense (trying
+    /// again may work).
+    #[error("gateway {url}: {why}")]
+    Gateway { url: String, why: String },
     /// Bad arguments or configuration: the operator must change something.
     #[error("{0}")]
     Usage(String),
@@ -86,7 +90,7 @@ impl ShipError {
             | ShipError::WrongKey { .. }
             | ShipError::KeyFile { .. }
             | ShipError::NewerRepository { .. } => ErrorKind::Usage,
-            ShipError::Store { .. } => ErrorKind::Endpoint,
+            ShipError::Store { .. } | ShipError::Gateway { .. } => ErrorKind::Endpoint,
             ShipError::Internal(_) => ErrorKind::Internal,
             ShipError::Io { .. }
             | ShipError::Format(_)

@@ -27,6 +27,9 @@ macro_rules! crash_point {
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod private_file;
 pub mod prune;
 pub mod repo;
 pub mod restore;

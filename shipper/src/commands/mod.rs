@@ -8,13 +8,16 @@
 //! in [`dispatch`], and its section in docs/operations.md.
 
 pub mod check;
+pub mod enroll;
 pub mod failback;
 pub mod failover;
 pub mod init;
+pub mod machines;
 pub mod points;
 pub mod prune;
 pub mod restore;
 pub mod run;
+pub mod serve;
 pub mod status;
 pub mod test_failover;
 pub mod verify;
@@ -73,8 +76,17 @@ impl PointArgs {
 pub enum Cmd {
     /// Create a repository (and the key file, 0600, if it does not exist).
     Init(init::Args),
-    /// Ship the spool: follow it (daemon) or, with --once, ship what is there.
+    /// Ship the spool: follow it (daemon) or, with --once, ship what is
+    /// there. With --identity, forward it to a process server instead.
     Run(Box<run::Args>),
+    /// The process server: machines stream their spools to it over TLS;
+    /// it holds the repository key and ships for all of them.
+    Serve(serve::Args),
+    /// On the process server: add (enrollment token), list or revoke machines.
+    Machines(machines::Args),
+    /// On a protected machine: pin the process server's certificate and
+    /// trade an enrollment token for this machine's identity.
+    Enroll(enroll::Args),
     /// What a running shipper reports (read from the spool's status file).
     Status(status::Args),
     /// List published points (with --group: the group's points, and
@@ -108,6 +120,9 @@ pub async fn dispatch(cmd: Cmd) -> Result<u8> {
     match cmd {
         Cmd::Init(a) => init::run(a).await,
         Cmd::Run(a) => run::run(*a).await,
+        Cmd::Serve(a) => serve::run(a).await,
+        Cmd::Machines(a) => machines::run(a).await,
+        Cmd::Enroll(a) => enroll::run(a).await,
         Cmd::Status(a) => status::run(a),
         Cmd::Points(a) => points::run(a).await,
         Cmd::Restore(a) => restore::run(a).await,

@@ -48,6 +48,15 @@ pub struct Args {
     /// Pack upload limit in bytes per second, e.g. 50MiB; 0: none [default: 0].
     #[arg(long)]
     upload_rate: Option<ByteSize>,
+    /// Forward the spool to a process server instead of shipping it: this
+    /// machine's identity file (from `hrl-shipper enroll`). No --repo or
+    /// key file is needed or used.
+    #[arg(long, conflicts_with_all = ["repo", "key_file", "upload_rate", "keep_shipped"])]
+    identity: Option<PathBuf>,
+    /// With --identity: the gateway to use instead of the one enrolled with
+    /// (same certificate), https://HOST:9443.
+    #[arg(long, requires = "identity")]
+    gateway: Option<String>,
 }
 
 /// The file's config with the flags laid over it.
@@ -77,7 +86,7 @@ fn config(a: &Args) -> Result<ShipperConfig> {
     Ok(cfg)
 }
 
-fn stop_flag() -> Result<Arc<AtomicBool>> {
+pub(crate) fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| ShipError::io("signal", "register", e))?;
@@ -130,8 +139,40 @@ fn reload_on_sighup(path: PathBuf, o: &ShipOptions, stop: Arc<AtomicBool>) -> Re
     Ok(())
 }
 
+/// `run --identity`: forward the spool to the gateway.
+async fn forward(a: &Args, identity: &std::path::Path, spool: PathBuf) -> Result<u8> {
+    let mut id = crate::forward::Identity::load(identity)?;
+    if let Some(g) = &a.gateway {
+        id.gateway = g.clone();
+    }
+    let stop = stop_flag()?;
+    let mut o = crate::forward::ForwardOptions::new(spool);
+    o.once = a.once;
+    tracing::info!(gateway = %id.gateway, machine = %id.machine, spool = %o.spool.display(), "forwarding the spool");
+    let rep = crate::forward::forward(&id, &o, &stop).await?;
+    if a.json {
+        print_json(&rep)?;
+    } else {
+        println!(
+            "forwarded {} to {} in {} requests; {} segments complete there and deleted here",
+            hrl_format::human_bytes(rep.bytes_sent),
+            id.gateway,
+            rep.requests,
+            rep.segments_completed
+        );
+    }
+    Ok(0)
+}
+
 pub async fn run(a: Args) -> Result<u8> {
     let cfg = config(&a)?;
+    if let Some(identity) = &a.identity {
+        let spool = cfg
+            .spool
+            .clone()
+            .ok_or_else(|| ShipError::Usage("run needs --spool (or `spool` in --config)".into()))?;
+        return forward(&a, identity, spool).await;
+    }
     let need = |what: &str| {
         ShipError::Usage(format!(
             "run needs --{what} (or `{}` in --config)",

@@ -1,0 +1,160 @@
+//! HTTPS to one process server, its certificate pinned by fingerprint.
+//!
+//! The forwarder trusts exactly the certificate whose SHA-256 it was given
+//! at enrollment, not the system's CAs: a gateway usually has no publicly
+//! signed name, and a pinned fleet cannot be redirected by any CA. The
+//! handshake signature is still verified against that certificate's key,
+//! so only the holder of the gateway's private key can answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, ShipError};
+
+#[derive(Debug)]
+struct Pinned {
+    want: [u8; 32],
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let got = Sha256::digest(end_entity.as_ref());
+        if got.as_slice() == self.want {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the gateway's certificate is SHA256:{}, not the pinned SHA256:{}",
+                hex::encode(got),
+                hex::encode(self.want)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client of one gateway.
+#[derive(Clone)]
+pub struct GatewayClient {
+    pub url: String,
+    http: reqwest::Client,
+    auth: Option<String>,
+}
+
+/// An answer other than 200: the status and the gateway's JSON.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn error(&self) -> String {
+        self.body["error"].as_str().unwrap_or("no reason given").to_string()
+    }
+}
+
+impl GatewayClient {
+    /// A client that trusts only the certificate `fingerprint` names.
+    pub fn new(url: &str, fingerprint: &str, auth: Option<(&str, &str)>) -> Result<Self> {
+        let want = crate::gateway::tls::parse_fingerprint(fingerprint)?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ShipError::Internal(format!("TLS versions: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { want, provider }))
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| ShipError::Internal(format!("HTTPS client: {e}")))?;
+        let url = url.trim_end_matches('/').to_string();
+        if !url.starts_with("https://") {
+            return Err(ShipError::Usage(format!("gateway {url:?}: expected https://HOST:PORT")));
+        }
+        Ok(GatewayClient {
+            url,
+            http,
+            auth: auth.map(|(m, s)| format!("Bearer {m}:{s}")),
+        })
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> ShipError {
+        // The pinning failure is in the error's sources: show them all.
+        let mut why = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            why.push_str(": ");
+            why.push_str(&s.to_string());
+            src = s.source();
+        }
+        ShipError::Gateway {
+            url: self.url.clone(),
+            why,
+        }
+    }
+
+    /// Sends a request; `Ok(Ok(json))` on 200, `Ok(Err(answer))` on any
+    /// other status, `Err` when the gateway could not be reached.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<std::result::Result<Value, Answer>> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(a) = &self.auth {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(if status == 200 {
+            Ok(body)
+        } else {
+            Err(Answer { status, body })
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! The forwarder (`hrl-shipper run --gateway`, `hrl-shipper enroll`): on a
+//! protected machine, sends the spool to a process server instead of
+//! shipping it, so the machine holds neither the storage credentials nor
+//! the repository key.
+//!
+//! Owns: the machine's identity (`identity`), the pinned HTTPS client
+//! (`client`) and the follow-and-send loop (`run`). It reads the spool and
+//! deletes a segment only after the gateway holds it whole and durable; it
+//! never talks to blob storage and never touches a device.
+
+pub mod client;
+pub mod identity;
+pub mod run;
+
+pub use identity::{enroll, Identity};
+pub use run::{forward, ForwardOptions, ForwardReport};

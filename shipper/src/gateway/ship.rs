@@ -1,0 +1,56 @@
+//! The gateway's ship loop: one ship task per machine's cache spool, all
+//! into the one repository (so content shared between machines is stored
+//! once), with the publish order and promises of the local shipper.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::repo::Repo;
+use crate::ship::{ship, ShipOptions};
+
+/// Starts a ship task for every machine directory that appears under
+/// `cache`, until `stop`. A task that fails starts again after a backoff
+/// (its cursor makes that safe).
+pub async fn ship_machines(repo: Repo, cache: PathBuf, stop: Arc<AtomicBool>) {
+    let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(rd) = std::fs::read_dir(&cache) {
+            for e in rd.flatten() {
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if !e.path().is_dir() || tasks.contains_key(&name) {
+                    continue;
+                }
+                let (repo, spool, stop) = (repo.clone(), e.path(), stop.clone());
+                tasks.insert(name.clone(), tokio::spawn(ship_one(repo, name, spool, stop)));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (_, t) in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn ship_one(repo: Repo, machine: String, spool: PathBuf, stop: Arc<AtomicBool>) {
+    let mut backoff = Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        let mut o = ShipOptions::new(&spool);
+        o.poll = Duration::from_millis(100);
+        match ship(&repo, &o, &stop).await {
+            Ok(rep) => {
+                tracing::info!(machine = %machine, points = rep.points_published, "ship loop ended");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(machine = %machine, error = %e, backoff_s = backoff.as_secs(), "ship loop failed; starting again from its cursor");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
