@@ -310,7 +310,108 @@ fn every_peer_that_misbehaves_is_refused_and_changes_nothing() {
     assert!(e.contains("revoked"), "{e}");
 }
 
+/// Forwards through a TCP proxy that resets and stalls connections: every
+/// point arrives once and restores exactly, and the proxy saw only TLS
+/// (a marker written into the disk never crosses the wire readable).
+fn resets_and_stalls_on_the_way_lose_nothing_and_the_wire_is_only_tls() {
+    use hrl_testkit::tcp_proxy::{TcpFaults, TcpProxy};
+    let gw = Gw::start("0");
+    let work = tempfile::tempdir().unwrap();
+    let upstream: std::net::SocketAddr = gw.url.trim_start_matches("https://").parse().unwrap();
+    let plan = TcpFaults {
+        reset: 0.2,
+        stall: 0.1,
+        stall_for: Duration::from_secs(2),
+        first: 4,
+        seed: 3,
+    };
+    let proxy = gw.rt.block_on(TcpProxy::start(upstream, plan)).unwrap();
+    let (mut id, _) = gw.enroll("web01");
+    id.gateway = format!("https://{}", proxy.addr);
+    let spool = work.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let disk = Uuid::new_v4();
+    let marker: Vec<u8> = b"PLAINTEXT-MARKER-"
+        .iter()
+        .copied()
+        .cycle()
+        .take(CHUNK as usize)
+        .collect();
+    let mut w = SpoolWriter::named(&spool, disk, 96, 3, "web01", "data");
+    w.full_copy();
+    w.data(0, marker.clone());
+    w.tag(1, false);
+    for p in 2..=12 {
+        for _ in 0..6 {
+            let c = 1 + w.rng.below(95);
+            w.random(c);
+        }
+        w.tag(p, false);
+    }
+    w.close();
+    let arch = work.path().join("archive");
+    archive(&spool, &arch);
+    // The forwarder as a daemon, stopped once the spool is empty (every
+    // segment held whole by the gateway).
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (spool, stop) = (spool.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            while !hrl_format::list_segments(&spool, None).unwrap().is_empty() && t.elapsed() < Duration::from_secs(120)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let o = ForwardOptions::new(&spool);
+    let rep = gw.rt.block_on(forward(&id, &o, &stop)).unwrap();
+    watcher.join().unwrap();
+    assert!(
+        hrl_format::list_segments(&spool, None).unwrap().is_empty(),
+        "not everything arrived: {rep:?}"
+    );
+    let repo = gw.repo();
+    gw.wait_points(&repo, &disk, 12);
+    for p in 1..=12u64 {
+        let (want, got) = (work.path().join("want"), work.path().join("got"));
+        hrl_format::replay(&arch, Some(disk), Some(p), &want).unwrap();
+        gw.rt
+            .block_on(restore(&repo, &disk, PointSel::Seq(p), &got, false))
+            .unwrap();
+        assert!(
+            std::fs::read(&want).unwrap() == std::fs::read(&got).unwrap(),
+            "point {p}"
+        );
+        std::fs::remove_file(&want).unwrap();
+        std::fs::remove_file(&got).unwrap();
+    }
+    let wire = proxy.client_bytes();
+    let faults = proxy.faults.load(Ordering::Relaxed);
+    assert!(
+        faults > 0 && rep.endpoint_errors > 0,
+        "no fault was injected: {rep:?}, {faults} faults in {} connections",
+        proxy.connections.load(Ordering::Relaxed)
+    );
+    assert!(
+        wire.len() as u64 > 96 * CHUNK as u64,
+        "the proxy saw {} bytes",
+        wire.len()
+    );
+    assert!(
+        !wire.windows(16).any(|w| w == &marker[..16]),
+        "disk content crossed the wire in clear"
+    );
+    eprintln!(
+        "{} connections, {faults} reset or stalled; forwarder: {rep:?}; 12 points exact; {} bytes on the wire, none readable",
+        proxy.connections.load(Ordering::Relaxed),
+        wire.len()
+    );
+}
+
 hrl_testkit::tests!(Nothing: [
+    resets_and_stalls_on_the_way_lose_nothing_and_the_wire_is_only_tls,
     machines_forward_through_the_gateway_and_every_point_restores,
     every_peer_that_misbehaves_is_refused_and_changes_nothing,
 ]);

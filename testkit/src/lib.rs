@@ -17,6 +17,7 @@ pub mod fault_proxy;
 pub mod spool;
 pub mod store;
 pub mod sys;
+pub mod tcp_proxy;
 
 use std::path::{Path, PathBuf};
 

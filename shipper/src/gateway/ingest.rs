@@ -102,7 +102,7 @@ fn file_progress(spool: &Path, disk: &Uuid) -> Result<DiskProgress> {
         .max_by_key(|s| s.seq);
     let mut open = None;
     if let Some(s) = newest {
-        let stream = SegmentStream::of_file(&s.path)?;
+        let stream = recover(&s.path)?;
         if stream.sealed() {
             crate::private_file::replace_private(&received_path(spool, disk), format!("{}\n", s.seq).as_bytes())?;
             complete_through = Some(s.seq);
@@ -111,6 +111,33 @@ fn file_progress(spool: &Path, disk: &Uuid) -> Result<DiskProgress> {
         }
     }
     Ok(DiskProgress { complete_through, open })
+}
+
+/// The checked state of a cached segment after a restart. Bytes after the
+/// last whole valid record were never acknowledged (a range is fsynced
+/// before its answer), so a torn or zero-filled tail left by a crash is cut
+/// off; the forwarder sends it again.
+fn recover(path: &Path) -> Result<SegmentStream> {
+    let bytes = std::fs::read(path).map_err(|e| ShipError::io(path, "read", e))?;
+    let mut s = SegmentStream::new(path);
+    let keep = match s.take_whole(&bytes) {
+        Ok(n) => n as u64,
+        Err(e) => {
+            tracing::warn!(segment = %path.display(), error = %e, "damage after the last whole record");
+            s.position()
+        }
+    };
+    if keep < bytes.len() as u64 {
+        tracing::warn!(segment = %path.display(), kept = keep, cut = bytes.len() as u64 - keep, "cut a tail that was never acknowledged");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| ShipError::io(path, "open", e))?;
+        f.set_len(keep)
+            .and_then(|_| f.sync_all())
+            .map_err(|e| ShipError::io(path, "truncate", e))?;
+    }
+    Ok(s)
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
@@ -272,7 +299,7 @@ impl Ingest {
             return conflict(format!("segment {seq} was received whole already"));
         }
         if path.exists() {
-            let stream = SegmentStream::of_file(&path)?;
+            let stream = recover(&path)?;
             let file = std::fs::OpenOptions::new()
                 .write(true)
                 .open(&path)
