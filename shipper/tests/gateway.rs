@@ -207,6 +207,60 @@ fn machines_forward_through_the_gateway_and_every_point_restores() {
     );
     let list = Registry::load(&gw.state()).unwrap();
     assert_eq!(list.machines["db01"].disks, vec![machines[2].1]);
+    // A machine restores and lists its own points through the gateway,
+    // holding no key; another machine's disk is refused.
+    let (host, disk, arch) = &machines[0];
+    let idf = gw.dir.path().join(format!("{host}.id"));
+    let via = work.path().join("via.img");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hrl-shipper"))
+            .args(args)
+            .env_remove("HRL_KEY_FILE")
+            .output()
+            .unwrap()
+    };
+    let o = cli(&[
+        "restore",
+        "--identity",
+        idf.to_str().unwrap(),
+        "--disk",
+        "data",
+        "--point",
+        "4",
+        "--to",
+        via.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let want = work.path().join("want4");
+    hrl_format::replay(arch, Some(*disk), Some(4), &want).unwrap();
+    assert!(
+        std::fs::read(&want).unwrap() == std::fs::read(&via).unwrap(),
+        "restore through the gateway"
+    );
+    let o = cli(&["points", "--identity", idf.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 6);
+    let other = Identity::load(&gw.dir.path().join("web02.id")).unwrap();
+    let c = gw.client(Some((&other.machine, &other.secret)));
+    for path in [
+        format!("/v1/disks/{disk}/points"),
+        format!("/v1/disks/{disk}/points/4/chunks?from=0&count=4"),
+    ] {
+        let (st, v) = gw.call(&c, Method::GET, &path, None);
+        assert_eq!(st, 403, "{path}: {v}");
+    }
+    let other_id = gw.dir.path().join("web02.id");
+    let o = cli(&[
+        "restore",
+        "--identity",
+        other_id.to_str().unwrap(),
+        "--disk",
+        "web01/data",
+        "--to",
+        work.path().join("no.img").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(!work.path().join("no.img").exists());
     eprintln!(
         "3 machines forwarded 18 points through the gateway; {packs} bytes of packs for {unique} of unique chunks"
     );

@@ -1,16 +1,27 @@
 //! `hrl-shipper points`: list published points (or a group's points).
 
 use std::io::Write;
+use std::path::PathBuf;
 
 use super::{print_json, RepoArgs};
 use crate::error::Result;
 use crate::repo::disks::{self, DiskInfo};
+use crate::repo::manifest::PointHeader;
 use crate::repo::{groups, manifest, Repo};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    r: RepoArgs,
+    /// Repository URL: file:///path (or an absolute path), or
+    /// az://container/prefix with the AZURE_STORAGE_* variables.
+    #[arg(long, required_unless_present = "identity")]
+    repo: Option<String>,
+    /// Key file (64 hex characters, mode 0600).
+    #[arg(long, env = "HRL_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// List through the process server this machine is enrolled with (its
+    /// identity file): this machine's disks only, no key needed.
+    #[arg(long, conflicts_with_all = ["repo", "group"])]
+    identity: Option<PathBuf>,
     /// Only this disk's points: HOST/NAME, NAME when unique, its id or a
     /// unique id prefix (default: every disk).
     #[arg(long, conflicts_with = "group")]
@@ -28,7 +39,27 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> Result<u8> {
-    let repo = a.r.open().await?;
+    if let Some(identity) = &a.identity {
+        let id = crate::forward::Identity::load(identity)?;
+        let all = crate::forward::restore::disks(&id).await?;
+        let chosen: Vec<DiskInfo> = match a.disk.as_deref() {
+            Some(sel) => vec![disks::select(&all, Some(sel), &id.gateway)?.clone()],
+            None => all,
+        };
+        let mut rows = Vec::new();
+        for d in chosen {
+            let hs = crate::forward::restore::points(&id, &d.id).await?;
+            rows.push((d, hs));
+        }
+        return print_points(&rows, a.before, a.json);
+    }
+    let r = RepoArgs {
+        repo: a.repo.clone().unwrap_or_default(),
+        key_file: a.key_file.clone().ok_or_else(|| {
+            crate::ShipError::Usage("points needs --key-file (or HRL_KEY_FILE), or --identity".into())
+        })?,
+    };
+    let repo = r.open().await?;
     match &a.group {
         Some(g) => group_points(&repo, g, a.json).await,
         None => disk_points(&repo, a.disk.as_deref(), a.before, a.json).await,
@@ -67,7 +98,20 @@ async fn disk_points(repo: &Repo, disk: Option<&str>, before: Option<u64>, json:
         Some(sel) => vec![disks::select(&all, Some(sel), &repo.url)?],
         None => all.iter().collect(),
     };
-    let width = chosen.iter().map(|d| d.label().len()).max().unwrap_or(0).max(4);
+    let mut rows = Vec::new();
+    for d in chosen {
+        let mut hs = Vec::new();
+        for seq in manifest::list_points(repo, &d.id).await? {
+            hs.push(manifest::load(repo, &d.id, seq).await?.0);
+        }
+        rows.push((d.clone(), hs));
+    }
+    print_points(&rows, before, json)
+}
+
+/// The table (or JSON lines) of every disk's points.
+fn print_points(rows: &[(DiskInfo, Vec<PointHeader>)], before: Option<u64>, json: bool) -> Result<u8> {
+    let width = rows.iter().map(|(d, _)| d.label().len()).max().unwrap_or(0).max(4);
     let mut out = std::io::stdout().lock();
     // A closed pipe (`| head`) ends the listing quietly.
     if !json
@@ -81,22 +125,18 @@ async fn disk_points(repo: &Repo, disk: Option<&str>, before: Option<u64>, json:
         return Ok(0);
     }
     let now = hrl_format::now_ns();
-    for d in chosen {
-        for seq in manifest::list_points(repo, &d.id).await? {
-            let (h, _) = manifest::load(repo, &d.id, seq).await?;
-            if before.is_some_and(|t| h.time_ns > t) {
-                continue;
-            }
+    for (d, hs) in rows {
+        for h in hs.iter().filter(|h| before.is_none_or(|t| h.time_ns <= t)) {
             let r = if json {
                 let line =
-                    serde_json::to_string(&h).map_err(|e| crate::ShipError::Internal(format!("encode point: {e}")))?;
+                    serde_json::to_string(h).map_err(|e| crate::ShipError::Internal(format!("encode point: {e}")))?;
                 writeln!(out, "{line}")
             } else {
                 writeln!(
                     out,
                     "{:<width$} {:>6} {:<5} {:>10} {:<34} {:>8} {:>10}  {}",
                     d.label(),
-                    seq,
+                    h.seq,
                     format!("{:?}", h.kind).to_lowercase(),
                     hrl_format::human_bytes(h.device_size),
                     hrl_common::time::when(h.time_ns, now),

@@ -10,8 +10,18 @@ use crate::restore::{restore_to, PointSel, RestoreOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    r: RepoArgs,
+    /// Repository URL: file:///path (or an absolute path), or
+    /// az://container/prefix with the AZURE_STORAGE_* variables.
+    #[arg(long, required_unless_present = "identity")]
+    repo: Option<String>,
+    /// Key file (64 hex characters, mode 0600).
+    #[arg(long, env = "HRL_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Restore through the process server this machine is enrolled with
+    /// (its identity file): for a machine that holds no repository key.
+    /// Only this machine's disks.
+    #[arg(long, conflicts_with_all = ["repo", "group"])]
+    identity: Option<PathBuf>,
     /// The disk: HOST/NAME, NAME when unique in the repository, its id, or
     /// a unique id prefix (`hrl-shipper points` lists them). Default: the
     /// repository's only disk.
@@ -43,8 +53,55 @@ pub struct Args {
     force: bool,
 }
 
+/// Prints a restore's report.
+fn report(rep: &crate::restore::RestoreReport, json: bool) -> Result<u8> {
+    if json {
+        return print_json(rep).map(|()| 0);
+    }
+    println!(
+        "restored point {} ({}) of disk {} to {}: {} disk, {} of data written in {:.2}s ({:.0} MiB/s of data), {} stored and {} zero chunks, every chunk verified",
+        rep.point,
+        format!("{:?}", rep.kind).to_lowercase(),
+        rep.disk_label,
+        rep.target.display(),
+        hrl_format::human_bytes(rep.device_size),
+        hrl_format::human_bytes(rep.bytes_written),
+        rep.seconds,
+        rep.bytes_written as f64 / 1048576.0 / rep.seconds.max(1e-9),
+        rep.stored_chunks,
+        rep.zero_chunks
+    );
+    if rep.kind == hrl_format::PointKind::Fuzzy {
+        println!(
+            "note: this point is FUZZY (the disk had no frozen filesystem): it is not an exact image of one moment"
+        );
+    }
+    Ok(0)
+}
+
+/// `restore --identity`: through the process server.
+async fn via_gateway(a: &Args, identity: &std::path::Path, to: &std::path::Path) -> Result<u8> {
+    if matches!((a.before, a.point), (Some(_), PointSel::Seq(_))) {
+        return Err(ShipError::Usage("give --point SEQ or --before TIME, not both".into()));
+    }
+    let id = crate::forward::Identity::load(identity)?;
+    let disk = crate::forward::restore::resolve(&id, a.disk.as_deref()).await?;
+    let rep = crate::forward::restore::restore(&id, &disk, a.point, a.before, to, a.force).await?;
+    report(&rep, a.json)
+}
+
 pub async fn run(a: Args) -> Result<u8> {
-    let repo = a.r.open().await?;
+    if let (Some(identity), Some(to)) = (&a.identity, &a.to) {
+        return via_gateway(&a, identity, to).await;
+    }
+    let r = RepoArgs {
+        repo: a.repo.clone().unwrap_or_default(),
+        key_file: a
+            .key_file
+            .clone()
+            .ok_or_else(|| ShipError::Usage("restore needs --key-file (or HRL_KEY_FILE), or --identity".into()))?,
+    };
+    let repo = r.open().await?;
     if let (Some(group), Some(dir)) = (&a.group, &a.to_dir) {
         let reps = restore_group(&repo, group, a.point, dir).await?;
         for rep in &reps {
@@ -81,26 +138,5 @@ pub async fn run(a: Args) -> Result<u8> {
         force: a.force,
     };
     let rep = restore_to(&repo, &disk, point, to, o).await?;
-    if a.json {
-        return print_json(&rep).map(|()| 0);
-    }
-    println!(
-        "restored point {} ({}) of disk {} to {}: {} disk, {} of data written in {:.2}s ({:.0} MiB/s of data), {} stored and {} zero chunks, every chunk verified",
-        rep.point,
-        format!("{:?}", rep.kind).to_lowercase(),
-        rep.disk_label,
-        rep.target.display(),
-        hrl_format::human_bytes(rep.device_size),
-        hrl_format::human_bytes(rep.bytes_written),
-        rep.seconds,
-        rep.bytes_written as f64 / 1048576.0 / rep.seconds.max(1e-9),
-        rep.stored_chunks,
-        rep.zero_chunks
-    );
-    if rep.kind == hrl_format::PointKind::Fuzzy {
-        println!(
-            "note: this point is FUZZY (the disk had no frozen filesystem): it is not an exact image of one moment"
-        );
-    }
-    Ok(0)
+    report(&rep, a.json)
 }

@@ -157,4 +157,27 @@ impl GatewayClient {
             Err(Answer { status, body })
         })
     }
+
+    /// `GET path` whose answer is bytes (a point's chunks).
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
+        let mut req = self.http.get(format!("{}{path}", self.url));
+        if let Some(a) = &self.auth {
+            req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        let resp = req.send().await.map_err(|e| self.unreachable(e))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
+        if status != 200 {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let a = Answer { status, body: v };
+            return Err(match status {
+                401 | 403 | 404 => ShipError::Usage(format!("gateway {}: {}", self.url, a.error())),
+                _ => ShipError::Gateway {
+                    url: self.url.clone(),
+                    why: format!("HTTP {status}: {}", a.error()),
+                },
+            });
+        }
+        Ok(bytes.to_vec())
+    }
 }

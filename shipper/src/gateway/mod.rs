@@ -48,7 +48,7 @@ pub async fn serve(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<(Serving
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(certs, key)?);
     let repo = Repo::open(&cfg.repo, &cfg.key_file).await?;
     let ingest = ingest::Ingest::new(&cfg.cache_dir, cfg.machine_quota)?;
-    let gw = Arc::new(Gateway::new(cfg.state_dir.clone(), ingest)?);
+    let gw = Arc::new(Gateway::new(cfg.state_dir.clone(), ingest, repo.clone())?);
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| ShipError::Usage(format!("listen on {}: {e}", cfg.listen)))?;

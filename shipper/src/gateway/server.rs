@@ -26,6 +26,8 @@ use uuid::Uuid;
 use super::ingest::{Ingest, Rejected};
 use super::machines::Registry;
 use crate::error::{Result, ShipError};
+use crate::repo::Repo;
+use crate::restore::reader::PointReader;
 
 /// Largest range one request may carry: the largest record and some.
 pub const MAX_BODY: usize = 20 << 20;
@@ -36,8 +38,17 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Gateway {
     pub state_dir: PathBuf,
     pub ingest: Ingest,
+    pub repo: Repo,
     registry: Mutex<(Option<SystemTime>, Registry)>,
     contact: Mutex<HashMap<String, Instant>>,
+    /// The point each machine is reading (restore through the gateway).
+    readers: tokio::sync::Mutex<HashMap<String, Arc<PointReader>>>,
+}
+
+/// A 200 answer: JSON, or the bytes of a point's chunks.
+pub enum Body {
+    Json(Value),
+    Bytes(Vec<u8>),
 }
 
 /// An answer other than 200.
@@ -48,14 +59,31 @@ fn refuse(status: StatusCode, why: impl Into<String>) -> Reply {
 }
 
 impl Gateway {
-    pub fn new(state_dir: PathBuf, ingest: Ingest) -> Result<Self> {
+    pub fn new(state_dir: PathBuf, ingest: Ingest, repo: Repo) -> Result<Self> {
         let reg = Registry::load(&state_dir)?;
         Ok(Gateway {
             state_dir,
             ingest,
+            repo,
             registry: Mutex::new((None, reg)),
             contact: Mutex::new(HashMap::new()),
+            readers: tokio::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Refuses a disk that is not this machine's (reading never claims).
+    fn owned(&self, machine: &str, disk: &Uuid, peer: SocketAddr) -> std::result::Result<(), Reply> {
+        let reg = self
+            .registry()
+            .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if reg.owner(disk) == Some(machine) {
+            return Ok(());
+        }
+        tracing::warn!(machine = %machine, peer = %peer, disk = %disk, "refused: reading a disk that is not this machine's");
+        Err(refuse(
+            StatusCode::FORBIDDEN,
+            format!("disk {disk} is not one of this machine's disks"),
+        ))
     }
 
     /// The registry, re-read when its file changed.
@@ -148,16 +176,20 @@ pub async fn handle(
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
-    let (status, body) = match route(&gw, peer, req).await {
-        Ok(v) => (StatusCode::OK, v),
-        Err(Reply(s, v)) => (s, v),
+    let (status, bytes, ctype) = match route(&gw, peer, req).await {
+        Ok(Body::Json(v)) => (
+            StatusCode::OK,
+            serde_json::to_vec(&v).unwrap_or_default(),
+            "application/json",
+        ),
+        Ok(Body::Bytes(b)) => (StatusCode::OK, b, "application/octet-stream"),
+        Err(Reply(s, v)) => (s, serde_json::to_vec(&v).unwrap_or_default(), "application/json"),
     };
-    let text = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
+        hyper::header::HeaderValue::from_static(ctype),
     );
     Ok(resp)
 }
@@ -170,7 +202,7 @@ async fn body(req: Request<Incoming>) -> std::result::Result<Bytes, Reply> {
     }
 }
 
-async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::result::Result<Value, Reply> {
+async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::result::Result<Body, Reply> {
     let path: Vec<String> = req
         .uri()
         .path()
@@ -181,7 +213,7 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     let method = req.method().clone();
     if method == Method::POST && p == ["v1", "enroll"] {
-        return enroll(gw, peer, req).await;
+        return enroll(gw, peer, req).await.map(Body::Json);
     }
     let machine = gw.authenticate(&req, peer);
     let query = req.uri().query().map(str::to_string);
@@ -200,7 +232,35 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
         s.parse()
             .map_err(|_| refuse(StatusCode::BAD_REQUEST, format!("{s:?} is not a disk id")))
     };
+    let internal = |e: ShipError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     match (&method, p.as_slice()) {
+        (&Method::GET, ["v1", "disks"]) => own_disks(gw, &machine).await.map(Body::Json),
+        (&Method::GET, ["v1", "disks", d, "points"]) => {
+            let d = disk(d)?;
+            gw.owned(&machine, &d, peer)?;
+            let mut out = Vec::new();
+            for seq in crate::repo::manifest::list_points(&gw.repo, &d)
+                .await
+                .map_err(internal)?
+            {
+                out.push(
+                    crate::repo::manifest::load(&gw.repo, &d, seq)
+                        .await
+                        .map_err(internal)?
+                        .0,
+                );
+            }
+            Ok(Body::Json(json!(out)))
+        }
+        (&Method::GET, ["v1", "disks", d, "points", s, "chunks"]) => {
+            let d = disk(d)?;
+            gw.owned(&machine, &d, peer)?;
+            let seq: u64 = s
+                .parse()
+                .map_err(|_| refuse(StatusCode::BAD_REQUEST, format!("{s:?} is not a point")))?;
+            let (from, count) = range(query.as_deref())?;
+            read_chunks(gw, &machine, d, seq, from, count).await.map(Body::Bytes)
+        }
         (&Method::GET, ["v1", "disks", d]) => {
             let d = disk(d)?;
             gw.own_disk(&machine, &d, peer)?;
@@ -208,7 +268,7 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
                 .ingest
                 .progress(&machine, &d)
                 .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-            Ok(json!(pr))
+            Ok(Body::Json(json!(pr)))
         }
         (&Method::PUT, ["v1", "disks", d, "segments", s]) => {
             let d = disk(d)?;
@@ -221,7 +281,9 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "offset=N is missing"))?;
             gw.own_disk(&machine, &d, peer)?;
-            append(gw, &machine, peer, (d, seq, offset), &bytes).await
+            append(gw, &machine, peer, (d, seq, offset), &bytes)
+                .await
+                .map(Body::Json)
         }
         _ => {
             tracing::warn!(machine = %machine, peer = %peer, method = %method, path = %path.join("/"), "refused: no such request");
@@ -231,6 +293,80 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
             ))
         }
     }
+}
+
+/// `from=I&count=N` of a chunks request.
+fn range(q: Option<&str>) -> std::result::Result<(u64, u64), Reply> {
+    let mut from = None;
+    let mut count = None;
+    for kv in q.unwrap_or("").split('&') {
+        match kv.split_once('=') {
+            Some(("from", v)) => from = v.parse().ok(),
+            Some(("count", v)) => count = v.parse().ok(),
+            _ => {}
+        }
+    }
+    match (from, count) {
+        (Some(f), Some(c)) => Ok((f, c)),
+        _ => Err(refuse(StatusCode::BAD_REQUEST, "from=I&count=N is missing")),
+    }
+}
+
+/// This machine's disks, named from their newest point.
+async fn own_disks(gw: &Gateway, machine: &str) -> std::result::Result<Value, Reply> {
+    let internal = |e: ShipError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let reg = gw.registry().map_err(internal)?;
+    let mut out = Vec::new();
+    for d in reg.machines.get(machine).map(|m| m.disks.clone()).unwrap_or_default() {
+        let pts = crate::repo::manifest::list_points(&gw.repo, &d)
+            .await
+            .map_err(internal)?;
+        let Some(&newest) = pts.last() else { continue };
+        let h = crate::repo::manifest::load(&gw.repo, &d, newest)
+            .await
+            .map_err(internal)?
+            .0;
+        out.push(crate::repo::disks::DiskInfo {
+            id: d,
+            host: h.host,
+            name: h.name,
+            points: pts.len(),
+            newest,
+        });
+    }
+    Ok(json!(out))
+}
+
+/// Chunks of a point, decrypted and verified; the machine's open point is
+/// kept so a restore's sequential reads open it once.
+async fn read_chunks(
+    gw: &Gateway,
+    machine: &str,
+    disk: Uuid,
+    seq: u64,
+    from: u64,
+    count: u64,
+) -> std::result::Result<Vec<u8>, Reply> {
+    let internal = |e: ShipError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let reader = {
+        let mut rs = gw.readers.lock().await;
+        match rs.get(machine) {
+            Some(r) if r.disk == disk && r.header.seq == seq => r.clone(),
+            _ => {
+                let r = PointReader::open(&gw.repo, &disk, seq).await.map_err(|e| match e {
+                    ShipError::Point { .. } => refuse(StatusCode::NOT_FOUND, e.to_string()),
+                    e => internal(e),
+                })?;
+                let r = Arc::new(r);
+                rs.insert(machine.to_string(), r.clone());
+                r
+            }
+        }
+    };
+    reader.read(&gw.repo, from, count).await.map_err(|e| {
+        tracing::error!(machine = %machine, disk = %disk, point = seq, error = %e, "reading a point for a machine failed");
+        internal(e)
+    })
 }
 
 async fn append(

@@ -7,7 +7,7 @@
 //! means the only disk. Anything that matches several disks, or none, is
 //! refused with the candidates listed: a restore never guesses.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::manifest;
@@ -15,7 +15,7 @@ use super::repository::Repo;
 use crate::error::{Result, ShipError};
 
 /// One disk with points in the repository.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DiskInfo {
     pub id: Uuid,
     /// From the newest point's manifest; `None` for manifests written from

@@ -10,6 +10,7 @@
 pub mod check;
 pub mod group;
 mod image;
+pub mod reader;
 pub mod target;
 pub mod verify;
 pub mod write;
