@@ -28,8 +28,11 @@ points)
 shipper)
     exec bash scripts/bench-shipper.sh
     ;;
+gateway)
+    exec bash scripts/bench-gateway.sh
+    ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway" >&2
     exit 2
     ;;
 esac
