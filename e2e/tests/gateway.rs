@@ -126,12 +126,15 @@ impl Drop for Forwarder {
 
 /// A real machine: a loop device with ext4, an agent whose while-frozen
 /// hook records the device's hash, and its forwarder.
+/// Fields drop in order: the forwarder and the agent first (the agent
+/// holds the mount open to freeze it), then the mount, then the loop
+/// device, so a failed test leaves nothing mounted or attached.
 struct Machine {
-    _dev: LoopDev,
-    mount: Mount,
-    agent: Option<Agent>,
-    shas: PathBuf,
     fwd: Forwarder,
+    agent: Option<Agent>,
+    mount: Mount,
+    _dev: LoopDev,
+    shas: PathBuf,
 }
 
 fn machine(work: &Path, name: &str, gw: &Gateway, fingerprint: &str, state: &Path) -> Machine {

@@ -26,13 +26,16 @@ fn free_port() -> String {
     l.local_addr().unwrap().to_string()
 }
 
+/// Fields drop in order: the agent first (it holds the mount open to
+/// freeze it), then the mount, then the loop device, so a failed test
+/// leaves nothing mounted or attached.
 struct Member {
-    dev: LoopDev,
+    agent: Option<Agent>,
     mount: Mount,
+    dev: LoopDev,
     spool: PathBuf,
     shas: PathBuf,
     addr: String,
-    agent: Option<Agent>,
 }
 
 fn member(work: &Path, name: &str, key: &Path, max_freeze: &str) -> Member {
