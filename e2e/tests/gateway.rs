@@ -42,31 +42,35 @@ fn out(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
-/// The gateway process, restartable.
-struct Gateway {
+/// An `hrl-shipper` process (the gateway or a forwarder), restartable;
+/// killed when dropped. With `port`, `start` waits until it listens.
+struct Proc {
     args: Vec<String>,
-    port: u16,
+    port: Option<u16>,
     log: PathBuf,
     child: Option<Child>,
 }
 
-impl Gateway {
+impl Proc {
     fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(shipper_bin())
-            .arg("serve")
-            .args(&self.args)
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+        self.child = Some(
+            Command::new(shipper_bin())
+                .args(&self.args)
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
         let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(30), "gateway did not listen");
+        while let Some(port) = self.port {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "{:?} did not listen", self.args);
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -79,46 +83,7 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// A forwarder process for one spool, restartable.
-struct Forwarder {
-    identity: PathBuf,
-    spool: PathBuf,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-impl Forwarder {
-    fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        self.child = Some(
-            Command::new(shipper_bin())
-                .args(["run", "--identity", self.identity.to_str().unwrap()])
-                .args(["--spool", self.spool.to_str().unwrap(), "--metrics-listen", ""])
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Forwarder {
+impl Drop for Proc {
     fn drop(&mut self) {
         self.kill9();
     }
@@ -130,14 +95,14 @@ impl Drop for Forwarder {
 /// holds the mount open to freeze it), then the mount, then the loop
 /// device, so a failed test leaves nothing mounted or attached.
 struct Machine {
-    fwd: Forwarder,
+    fwd: Proc,
     agent: Option<Agent>,
     mount: Mount,
     _dev: LoopDev,
     shas: PathBuf,
 }
 
-fn machine(work: &Path, name: &str, gw: &Gateway, fingerprint: &str, state: &Path) -> Machine {
+fn machine(work: &Path, name: &str, gw_url: &str, fingerprint: &str, state: &Path) -> Machine {
     let dev = LoopDev::new(96 * MIB, false);
     mkfs("ext4", &dev.path);
     let mount = Mount::new(&dev.path);
@@ -165,7 +130,7 @@ fn machine(work: &Path, name: &str, gw: &Gateway, fingerprint: &str, state: &Pat
     out(Command::new(shipper_bin()).args([
         "enroll",
         "--gateway",
-        &format!("https://127.0.0.1:{}", gw.port),
+        gw_url,
         "--fingerprint",
         fingerprint,
         "--token-file",
@@ -173,9 +138,17 @@ fn machine(work: &Path, name: &str, gw: &Gateway, fingerprint: &str, state: &Pat
         "--identity",
         identity.to_str().unwrap(),
     ]));
-    let mut fwd = Forwarder {
-        identity,
-        spool,
+    let mut fwd = Proc {
+        args: [
+            "run",
+            "--identity",
+            identity.to_str().unwrap(),
+            "--spool",
+            spool.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+        .to_vec(),
+        port: None,
         log: work.join(format!("forward-{name}.log")),
         child: None,
     };
@@ -257,28 +230,29 @@ fn a_fleet_forwards_through_a_gateway_killed_and_restarted_and_every_point_is_ex
     let fingerprint =
         out(Command::new(shipper_bin()).args(["serve", "--state-dir", state.to_str().unwrap(), "--fingerprint"]));
     let port = free_port();
-    let mut gw = Gateway {
+    let mut gw = Proc {
         args: [
+            "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--repo",
             &url,
             "--key-file",
             key.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
         ]
-        .into_iter()
         .map(str::to_string)
-        .chain(["--state-dir".to_string(), state.display().to_string()])
-        .collect(),
-        port,
+        .to_vec(),
+        port: Some(port),
         log: w.join("gateway.log"),
         child: None,
     };
     gw.start();
     let gw_url = format!("https://127.0.0.1:{port}");
     let mut real = vec![
-        machine(w, "alpha", &gw, &fingerprint, &state),
-        machine(w, "beta", &gw, &fingerprint, &state),
+        machine(w, "alpha", &gw_url, &fingerprint, &state),
+        machine(w, "beta", &gw_url, &fingerprint, &state),
     ];
     let sims = simulated(&rt, w, &gw_url, &fingerprint, &state);
     // The workload on both filesystems while the gateway and forwarders die.

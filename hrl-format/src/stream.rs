@@ -9,7 +9,7 @@
 //! refuses anything but whole, valid records. Both sides then hold the same
 //! position, so a resumed transfer continues at a record boundary.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::error::{FormatError, Result};
 use crate::header::FileHeader;
@@ -37,15 +37,6 @@ impl SegmentStream {
             records: 0,
             sealed: false,
         }
-    }
-
-    /// The state after the bytes of an existing file, which must be whole
-    /// valid records (a cache file written through [`accept`](Self::accept)).
-    pub fn of_file(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|e| FormatError::io(path, "read", e))?;
-        let mut s = SegmentStream::new(path);
-        s.accept(&bytes)?;
-        Ok(s)
     }
 
     /// Bytes checked so far: where the next range must start.

@@ -51,6 +51,34 @@ impl RepoArgs {
     }
 }
 
+/// A repository, or the process server this machine is enrolled with
+/// (`points` and `restore` on a machine that holds no key).
+#[derive(clap::Args, Clone)]
+pub struct SourceArgs {
+    /// Repository URL: file:///path (or an absolute path), or
+    /// az://container/prefix with the AZURE_STORAGE_* variables.
+    #[arg(long, required_unless_present = "identity")]
+    pub repo: Option<String>,
+    /// Key file (64 hex characters, mode 0600).
+    #[arg(long, env = "HRL_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Through the process server this machine is enrolled with (its
+    /// identity file): this machine's disks only, no key needed.
+    #[arg(long, conflicts_with_all = ["repo", "group"])]
+    pub identity: Option<PathBuf>,
+}
+
+impl SourceArgs {
+    /// The repository (without --identity).
+    pub async fn open_repo(&self, verb: &str) -> Result<Repo> {
+        let key_file = self
+            .key_file
+            .clone()
+            .ok_or_else(|| ShipError::Usage(format!("{verb} needs --key-file (or HRL_KEY_FILE), or --identity")))?;
+        Repo::open(self.repo.as_deref().unwrap_or_default(), &key_file).await
+    }
+}
+
 /// Which disk and point.
 #[derive(clap::Args, Clone)]
 pub struct PointArgs {

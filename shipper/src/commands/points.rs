@@ -1,9 +1,8 @@
 //! `hrl-shipper points`: list published points (or a group's points).
 
 use std::io::Write;
-use std::path::PathBuf;
 
-use super::{print_json, RepoArgs};
+use super::{print_json, SourceArgs};
 use crate::error::Result;
 use crate::repo::disks::{self, DiskInfo};
 use crate::repo::manifest::PointHeader;
@@ -11,17 +10,8 @@ use crate::repo::{groups, manifest, Repo};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Repository URL: file:///path (or an absolute path), or
-    /// az://container/prefix with the AZURE_STORAGE_* variables.
-    #[arg(long, required_unless_present = "identity")]
-    repo: Option<String>,
-    /// Key file (64 hex characters, mode 0600).
-    #[arg(long, env = "HRL_KEY_FILE")]
-    key_file: Option<PathBuf>,
-    /// List through the process server this machine is enrolled with (its
-    /// identity file): this machine's disks only, no key needed.
-    #[arg(long, conflicts_with_all = ["repo", "group"])]
-    identity: Option<PathBuf>,
+    #[command(flatten)]
+    src: SourceArgs,
     /// Only this disk's points: HOST/NAME, NAME when unique, its id or a
     /// unique id prefix (default: every disk).
     #[arg(long, conflicts_with = "group")]
@@ -39,7 +29,7 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> Result<u8> {
-    if let Some(identity) = &a.identity {
+    if let Some(identity) = &a.src.identity {
         let id = crate::forward::Identity::load(identity)?;
         let all = crate::forward::restore::disks(&id).await?;
         let chosen: Vec<DiskInfo> = match a.disk.as_deref() {
@@ -53,13 +43,7 @@ pub async fn run(a: Args) -> Result<u8> {
         }
         return print_points(&rows, a.before, a.json);
     }
-    let r = RepoArgs {
-        repo: a.repo.clone().unwrap_or_default(),
-        key_file: a.key_file.clone().ok_or_else(|| {
-            crate::ShipError::Usage("points needs --key-file (or HRL_KEY_FILE), or --identity".into())
-        })?,
-    };
-    let repo = r.open().await?;
+    let repo = a.src.open_repo("points").await?;
     match &a.group {
         Some(g) => group_points(&repo, g, a.json).await,
         None => disk_points(&repo, a.disk.as_deref(), a.before, a.json).await,

@@ -3,25 +3,15 @@
 
 use std::path::PathBuf;
 
-use super::{print_json, stderr_is_terminal, RepoArgs};
+use super::{print_json, stderr_is_terminal, SourceArgs};
 use crate::error::{Result, ShipError};
 use crate::restore::group::restore_group;
 use crate::restore::{restore_to, PointSel, RestoreOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Repository URL: file:///path (or an absolute path), or
-    /// az://container/prefix with the AZURE_STORAGE_* variables.
-    #[arg(long, required_unless_present = "identity")]
-    repo: Option<String>,
-    /// Key file (64 hex characters, mode 0600).
-    #[arg(long, env = "HRL_KEY_FILE")]
-    key_file: Option<PathBuf>,
-    /// Restore through the process server this machine is enrolled with
-    /// (its identity file): for a machine that holds no repository key.
-    /// Only this machine's disks.
-    #[arg(long, conflicts_with_all = ["repo", "group"])]
-    identity: Option<PathBuf>,
+    #[command(flatten)]
+    src: SourceArgs,
     /// The disk: HOST/NAME, NAME when unique in the repository, its id, or
     /// a unique id prefix (`hrl-shipper points` lists them). Default: the
     /// repository's only disk.
@@ -91,17 +81,10 @@ async fn via_gateway(a: &Args, identity: &std::path::Path, to: &std::path::Path)
 }
 
 pub async fn run(a: Args) -> Result<u8> {
-    if let (Some(identity), Some(to)) = (&a.identity, &a.to) {
+    if let (Some(identity), Some(to)) = (&a.src.identity, &a.to) {
         return via_gateway(&a, identity, to).await;
     }
-    let r = RepoArgs {
-        repo: a.repo.clone().unwrap_or_default(),
-        key_file: a
-            .key_file
-            .clone()
-            .ok_or_else(|| ShipError::Usage("restore needs --key-file (or HRL_KEY_FILE), or --identity".into()))?,
-    };
-    let repo = r.open().await?;
+    let repo = a.src.open_repo("restore").await?;
     if let (Some(group), Some(dir)) = (&a.group, &a.to_dir) {
         let reps = restore_group(&repo, group, a.point, dir).await?;
         for rep in &reps {
