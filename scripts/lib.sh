@@ -20,6 +20,17 @@ install_test_deps() {
     fi
 }
 
+# The Azure SDK for Python (azure-storage-blob), the independent client
+# the Azure tests download and inspect blobs with: installed with pip into
+# target/pydeps, found through PYTHONPATH.
+install_py_deps() {
+    if ! PYTHONPATH=target/pydeps python3 -c 'import azure.storage.blob' 2>/dev/null; then
+        step "pip install azure-storage-blob (into target/pydeps)"
+        python3 -m pip install --quiet --disable-pip-version-check --target target/pydeps azure-storage-blob
+    fi
+    export PYTHONPATH="$PWD/target/pydeps${PYTHONPATH:+:$PYTHONPATH}"
+}
+
 # Azurite (npm package `azurite`) for the blob-store tests: installed into
 # target/azurite, started on a free loopback port with its own data folder
 # and telemetry off, stopped by its PID.

@@ -21,6 +21,7 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 step "azurite"
 trap stop_azurite EXIT
 start_azurite
+install_py_deps
 
 step "tests"
 # Crash points (the `failpoints` features) are compiled into the test

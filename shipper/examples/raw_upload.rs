@@ -18,7 +18,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (store, _) = hrl_shipper::repo::store_for(url)?;
     if let Some((container, _)) = hrl_shipper::repo::parse_az(url) {
-        hrl_shipper::repo::azure::create_container(&container).await?;
+        hrl_shipper::azure::create_container(&container).await?;
     }
     let f = std::fs::File::open(file)?;
     let len = f.metadata()?.len();

@@ -45,6 +45,10 @@ pub enum ShipError {
     /// again may work).
     #[error("gateway {url}: {why}")]
     Gateway { url: String, why: String },
+    /// A Blob service request (page blobs, snapshots, copies) failed or
+    /// was answered with an error.
+    #[error("{what}: {why}")]
+    Blob { what: String, why: String },
     /// Bad arguments or configuration: the operator must change something.
     #[error("{0}")]
     Usage(String),
@@ -90,7 +94,7 @@ impl ShipError {
             | ShipError::WrongKey { .. }
             | ShipError::KeyFile { .. }
             | ShipError::NewerRepository { .. } => ErrorKind::Usage,
-            ShipError::Store { .. } | ShipError::Gateway { .. } => ErrorKind::Endpoint,
+            ShipError::Store { .. } | ShipError::Gateway { .. } | ShipError::Blob { .. } => ErrorKind::Endpoint,
             ShipError::Internal(_) => ErrorKind::Internal,
             ShipError::Io { .. }
             | ShipError::Format(_)

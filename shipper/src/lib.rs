@@ -3,7 +3,8 @@
 //! tracked device except to restore or fail back onto it.
 //!
 //! The folders, leaves first (no module imports one that imports it back;
-//! `scripts/lint.sh` checks): `repo/` (the repository: formats, keys,
+//! `scripts/lint.sh` checks): `azure/` (Blob service REST: containers,
+//! page blobs), `repo/` (the repository: formats, keys,
 //! objects), `ship/` (spool to repository), `restore/` (repository to a
 //! target), `prune/` (retention), `commands/` (one file per verb). See
 //! docs/architecture.md.
@@ -24,6 +25,7 @@ macro_rules! crash_point {
     };
 }
 
+pub mod azure;
 pub mod commands;
 pub mod config;
 pub mod error;

@@ -16,8 +16,9 @@ pub struct Args {
     r: RepoArgs,
     #[command(flatten)]
     p: PointArgs,
-    /// The target: a new image file or a block device at least as large as
-    /// the disk, neither mounted nor tracked by an agent.
+    /// The target: a new image file, a block device at least as large as
+    /// the disk, neither mounted nor tracked by an agent, or
+    /// az://CONTAINER/NAME.vhd (a fixed VHD page blob for an Azure disk).
     #[arg(long)]
     to: PathBuf,
     /// Fail over again although the disk already failed over (the new
@@ -77,7 +78,16 @@ pub async fn run(a: Args) -> Result<u8> {
     let seq = crate::restore::resolve(&repo, &disk, point).await?;
     let label = crate::repo::manifest::load(&repo, &disk, seq).await?.0.disk_label();
     confirm(&a, &label, &disk, seq)?;
-    let rep = crate::restore::restore(&repo, &disk, PointSel::Seq(seq), &a.to, true).await?;
+    let rep = match super::blob_target(&a.to) {
+        Some(blob) => {
+            let o = crate::restore::RestoreOptions {
+                progress: true,
+                force: false,
+            };
+            crate::restore::restore_to_blob(&repo, &disk, PointSel::Seq(seq), &blob?, o).await?
+        }
+        None => crate::restore::restore(&repo, &disk, PointSel::Seq(seq), &a.to, true).await?,
+    };
     let rec = FailoverRecord {
         disk,
         point: rep.point,

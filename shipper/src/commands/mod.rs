@@ -32,6 +32,12 @@ use crate::error::{Result, ShipError};
 use crate::repo::Repo;
 use crate::restore::PointSel;
 
+/// `--to az://CONTAINER/NAME.vhd`: a page blob target (None: a file or
+/// device path).
+pub fn blob_target(to: &std::path::Path) -> Option<Result<crate::azure::BlobUrl>> {
+    to.to_str().and_then(crate::azure::BlobUrl::parse)
+}
+
 /// The repository a command works on.
 #[derive(clap::Args, Clone)]
 pub struct RepoArgs {

@@ -1,5 +1,5 @@
-//! `hrl-shipper restore`: a point onto an image file or block device, or
-//! every member of a group point into a directory.
+//! `hrl-shipper restore`: a point onto an image file, a block device or a
+//! VHD page blob, or every member of a group point into a directory.
 
 use std::path::PathBuf;
 
@@ -27,8 +27,10 @@ pub struct Args {
     /// (2026-11-28T16:21:40Z) or an age ("10 min ago").
     #[arg(long, value_parser = super::parse_before, conflicts_with = "group")]
     before: Option<u64>,
-    /// The target: a new image file (created 0600) or a block device at
-    /// least as large as the disk, neither mounted nor tracked by an agent.
+    /// The target: a new image file (created 0600), a block device at
+    /// least as large as the disk, neither mounted nor tracked by an agent,
+    /// or az://CONTAINER/NAME.vhd: a fixed VHD page blob Azure can create
+    /// a managed disk from (the AZURE_STORAGE_* variables name the account).
     #[arg(long, required_unless_present = "group")]
     to: Option<PathBuf>,
     /// With --group: the directory for the members' images (<disk id>.img).
@@ -37,8 +39,8 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    /// Overwrite an existing non-empty image file given as --to (a mounted
-    /// or tracked device is refused even so).
+    /// Overwrite an existing non-empty image file or blob given as --to (a
+    /// mounted or tracked device is refused even so).
     #[arg(long)]
     force: bool,
 }
@@ -73,6 +75,12 @@ fn report(rep: &crate::restore::RestoreReport, json: bool) -> Result<u8> {
 async fn via_gateway(a: &Args, identity: &std::path::Path, to: &std::path::Path) -> Result<u8> {
     if matches!((a.before, a.point), (Some(_), PointSel::Seq(_))) {
         return Err(ShipError::Usage("give --point SEQ or --before TIME, not both".into()));
+    }
+    if super::blob_target(to).is_some() {
+        return Err(ShipError::Usage(format!(
+            "{}: restoring into Azure runs where the storage key is (the process server), not through --identity",
+            to.display()
+        )));
     }
     let id = crate::forward::Identity::load(identity)?;
     let disk = crate::forward::restore::resolve(&id, a.disk.as_deref()).await?;
@@ -120,6 +128,9 @@ pub async fn run(a: Args) -> Result<u8> {
         progress: stderr_is_terminal() || !a.json,
         force: a.force,
     };
-    let rep = restore_to(&repo, &disk, point, to, o).await?;
+    let rep = match super::blob_target(to) {
+        Some(blob) => crate::restore::restore_to_blob(&repo, &disk, point, &blob?, o).await?,
+        None => restore_to(&repo, &disk, point, to, o).await?,
+    };
     report(&rep, a.json)
 }

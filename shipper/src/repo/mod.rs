@@ -11,7 +11,6 @@
 //! Leaves first: `crypto` and `pack` (pure formats), `repository` (the
 //! store and durable writes), then `manifest`, `disks` (names), `groups`, `fence`, `lock`.
 
-pub mod azure;
 pub mod crypto;
 pub mod disks;
 pub mod fence;

@@ -248,7 +248,7 @@ impl Repo {
     ) -> Result<Repo> {
         let st = Store::create_for_url(url)?;
         if let Some((container, _)) = parse_az(url) {
-            if crate::repo::azure::create_container(&container).await? {
+            if crate::azure::create_container(&container).await? {
                 tracing::info!(container = %container, "created the container");
             }
         }

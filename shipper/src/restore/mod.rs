@@ -7,7 +7,9 @@
 //! any failure names the chunk and pack and says the target is incomplete).
 //! It writes only the target it is given.
 
+pub mod blob;
 pub mod check;
+mod fetch;
 pub mod group;
 mod image;
 pub mod reader;
@@ -24,6 +26,7 @@ use crate::error::{Result, ShipError};
 use crate::repo::manifest::{self, ChunkRef};
 use crate::repo::Repo;
 
+pub use blob::restore_to_blob;
 pub use check::{check, CheckReport, Problem};
 pub use image::{failback, restore, restore_to, RestoreOptions};
 pub use verify::{verify, Difference};
