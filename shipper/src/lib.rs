@@ -36,5 +36,6 @@ pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod ship;
+pub mod standby;
 
 pub use error::{ErrorKind, Result, ShipError};

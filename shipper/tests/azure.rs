@@ -234,4 +234,205 @@ async fn vhd_restore() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME.vhd"));
 }
 
-hrl_testkit::tests!(Azurite: [a_point_of_an_ext4_disk_becomes_a_fixed_vhd_page_blob]);
+/// Writes `points` points into a live spool, one every `every`: random,
+/// repeated and zero chunks over a 16 MiB disk.
+fn live_spool(spool: PathBuf, disk: Uuid, points: u64, every: std::time::Duration) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut w = SpoolWriter::new(&spool, disk, 256, 1 << 20, 5);
+        for c in 0..256 {
+            if c % 5 == 0 {
+                w.zero(c);
+            } else {
+                w.random(c);
+            }
+        }
+        for p in 1..=points {
+            for _ in 0..48 {
+                let c = w.any_chunk();
+                match w.rng.below(4) {
+                    0 => w.zero(c),
+                    _ => w.random(c),
+                }
+            }
+            w.tag(p, false);
+            std::thread::sleep(every);
+        }
+        w.close();
+    })
+}
+
+/// The standby's snapshots of `blob`: point -> snapshot id.
+fn standby_snapshots(container: &str, blob: &str) -> std::collections::BTreeMap<u64, String> {
+    let v: Value = serde_json::from_slice(&py(&["snapshots", container, blob]).stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            let p = s["metadata"]["hrl_point"].as_str().unwrap().parse().unwrap();
+            (p, s["snapshot"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn the_standby_keeps_a_snapshot_per_point_through_kill_9() {
+    hrl_testkit::block_on(standby());
+}
+
+async fn standby() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spool = d.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let container = format!("sb-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let url = format!("az://{container}/repo");
+    let key = d.join("key");
+    create_key_file(&key).unwrap();
+    let repo = Repo::init(&url, &key, CHUNK, 1 << 20, 4).await.unwrap();
+    let disk = Uuid::new_v4();
+    let points = 20u64;
+    let writer = live_spool(spool.clone(), disk, points, std::time::Duration::from_millis(400));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let shipping = {
+        let (repo, stop, spool) = (repo.clone(), stop.clone(), spool.clone());
+        tokio::spawn(async move {
+            let mut o = ShipOptions::new(&spool);
+            o.poll = std::time::Duration::from_millis(50);
+            ship(&repo, &o, &stop).await
+        })
+    };
+    let to = format!("az://{container}/standby");
+    let standby = |failpoint: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_hrl-shipper"));
+        c.args(["standby", "--repo", &url, "--to", &to, "--poll", "100ms"])
+            .arg("--key-file")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if failpoint {
+            // Crashes after a point's pages are written, before its
+            // snapshot (a no-op without the failpoints feature).
+            c.env("FAILPOINTS", "standby-before-snapshot=return");
+        }
+        c.spawn().unwrap()
+    };
+    // Wait for the first point, crash once at the failpoint, then kill -9
+    // the standby at random moments while points keep coming.
+    while hrl_shipper::repo::manifest::list_points(&repo, &disk)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut c = standby(true);
+    let st = c.wait().unwrap();
+    let blob = format!("standby/{disk}.vhd");
+    if cfg!(feature = "failpoints") {
+        // Point 1's pages are all written, its snapshot is not taken.
+        assert!(!st.success(), "the failpoint did not stop the standby");
+        assert!(standby_snapshots(&container, &blob).is_empty());
+        assert_eq!(blob_info(&container, &blob)["metadata"]["hrl_applying"], "1");
+    }
+    let mut rng = Rng::new(17);
+    let mut at_kill = Vec::new();
+    for _ in 0..10 {
+        let mut c = standby(false);
+        tokio::time::sleep(std::time::Duration::from_millis(150 + rng.below(700))).await;
+        // SAFETY: kill(2) on the child this test started.
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        let _ = c.wait();
+        let published = hrl_shipper::repo::manifest::list_points(&repo, &disk)
+            .await
+            .unwrap()
+            .len();
+        at_kill.push((standby_snapshots(&container, &blob).len(), published));
+    }
+    eprintln!("(snapshots, published points) at each kill: {at_kill:?}");
+    writer.join().unwrap();
+    while hrl_shipper::repo::manifest::list_points(&repo, &disk)
+        .await
+        .unwrap()
+        .len()
+        < points as usize
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    shipping.await.unwrap().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hrl-shipper"))
+        .args(["standby", "--once", "--repo", &url, "--to", &to])
+        .arg("--key-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Every point has its snapshot, equal to a raw restore of the point.
+    let snaps = standby_snapshots(&container, &blob);
+    assert_eq!(
+        snaps.keys().copied().collect::<Vec<_>>(),
+        (1..=points).collect::<Vec<_>>()
+    );
+    let size = 256 * CHUNK as u64;
+    for (p, snap) in &snaps {
+        let raw = d.join(format!("raw-{p}"));
+        restore(&repo, &disk, PointSel::Seq(*p), &raw, false).await.unwrap();
+        let got = d.join(format!("snap-{p}.vhd"));
+        py(&["download", &container, &blob, got.to_str().unwrap(), snap]);
+        let got = std::fs::read(&got).unwrap();
+        let want = std::fs::read(&raw).unwrap();
+        assert_eq!(got.len() as u64, size + 512);
+        assert!(
+            got[..size as usize] == want[..],
+            "snapshot of point {p} differs from its restore"
+        );
+        assert_eq!(vhd::parse(&got[size as usize..].try_into().unwrap()), Ok(size));
+    }
+
+    // Failover from the standby: a copy of the snapshot, byte-identical.
+    let target = format!("az://{container}/failover/p10.vhd");
+    let out = shipper(
+        &url,
+        &key,
+        &["restore", "--point", "10", "--standby", &to, "--to", &target],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let local = d.join("p10.vhd");
+    py(&["download", &container, "failover/p10.vhd", local.to_str().unwrap()]);
+    let raw10 = std::fs::read(d.join("raw-10")).unwrap();
+    assert!(std::fs::read(&local).unwrap()[..size as usize] == raw10[..]);
+    // A point the standby has not (none: 99) is refused, nothing written.
+    let out = shipper(
+        &url,
+        &key,
+        &[
+            "restore",
+            "--point",
+            "99",
+            "--standby",
+            &to,
+            "--to",
+            &format!("az://{container}/failover/x.vhd"),
+        ],
+    );
+    assert_ne!(out.status.code(), Some(0));
+    let out = shipper(
+        &url,
+        &key,
+        &[
+            "failover",
+            "--yes",
+            "--standby",
+            &to,
+            "--to",
+            &format!("az://{container}/failover/latest.vhd"),
+        ],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("point {points}")));
+}
+
+hrl_testkit::tests!(Azurite: [
+    a_point_of_an_ext4_disk_becomes_a_fixed_vhd_page_blob,
+    the_standby_keeps_a_snapshot_per_point_through_kill_9,
+]);

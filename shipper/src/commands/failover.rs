@@ -21,6 +21,11 @@ pub struct Args {
     /// az://CONTAINER/NAME.vhd (a fixed VHD page blob for an Azure disk).
     #[arg(long)]
     to: PathBuf,
+    /// With --to az://...: copy the point's snapshot from this standby
+    /// (az://CONTAINER[/PREFIX] of `hrl-shipper standby`) instead of
+    /// restoring it from the repository: a server-side copy.
+    #[arg(long)]
+    standby: Option<String>,
     /// Fail over again although the disk already failed over (the new
     /// record replaces the old one; the earlier target stops being the
     /// recorded one).
@@ -78,16 +83,11 @@ pub async fn run(a: Args) -> Result<u8> {
     let seq = crate::restore::resolve(&repo, &disk, point).await?;
     let label = crate::repo::manifest::load(&repo, &disk, seq).await?.0.disk_label();
     confirm(&a, &label, &disk, seq)?;
-    let rep = match super::blob_target(&a.to) {
-        Some(blob) => {
-            let o = crate::restore::RestoreOptions {
-                progress: true,
-                force: false,
-            };
-            crate::restore::restore_to_blob(&repo, &disk, PointSel::Seq(seq), &blob?, o).await?
-        }
-        None => crate::restore::restore(&repo, &disk, PointSel::Seq(seq), &a.to, true).await?,
+    let o = crate::restore::RestoreOptions {
+        progress: true,
+        force: false,
     };
+    let rep = super::write_point(&repo, &disk, PointSel::Seq(seq), &a.to, a.standby.as_deref(), o).await?;
     let rec = FailoverRecord {
         disk,
         point: rep.point,

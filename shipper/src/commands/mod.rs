@@ -18,6 +18,7 @@ pub mod prune;
 pub mod restore;
 pub mod run;
 pub mod serve;
+pub mod standby;
 pub mod status;
 pub mod test_failover;
 pub mod verify;
@@ -36,6 +37,32 @@ use crate::restore::PointSel;
 /// device path).
 pub fn blob_target(to: &std::path::Path) -> Option<Result<crate::azure::BlobUrl>> {
     to.to_str().and_then(crate::azure::BlobUrl::parse)
+}
+
+/// Writes point `point` of `disk` to `to`: an image file or device, a VHD
+/// page blob restored from the repository, or (with `standby`) a page blob
+/// copied from the standby's snapshot of the point.
+pub async fn write_point(
+    repo: &Repo,
+    disk: &Uuid,
+    point: PointSel,
+    to: &std::path::Path,
+    standby: Option<&str>,
+    o: crate::restore::RestoreOptions,
+) -> Result<crate::restore::RestoreReport> {
+    match (blob_target(to), standby) {
+        (Some(blob), Some(sb)) => {
+            let sb = crate::azure::BlobUrl::parse(sb)
+                .ok_or_else(|| ShipError::Usage(format!("--standby {sb}: expected az://CONTAINER[/PREFIX]")))??;
+            let seq = crate::restore::resolve(repo, disk, point).await?;
+            crate::standby::copy_point(repo, disk, seq, &sb, &blob?, o.force).await
+        }
+        (None, Some(_)) => Err(ShipError::Usage(
+            "--standby copies a snapshot into a page blob: give --to az://CONTAINER/NAME.vhd".into(),
+        )),
+        (Some(blob), None) => crate::restore::restore_to_blob(repo, disk, point, &blob?, o).await,
+        (None, None) => crate::restore::restore_to(repo, disk, point, to, o).await,
+    }
 }
 
 /// The repository a command works on.
@@ -126,7 +153,8 @@ pub enum Cmd {
     /// List published points (with --group: the group's points, and
     /// whether every member is published).
     Points(points::Args),
-    /// Restore a point to an image file or a block device; with --group,
+    /// Restore a point to an image file, a block device or a VHD page blob
+    /// (az://C/NAME.vhd); with --group,
     /// every member of a complete group point into --to-dir.
     Restore(restore::Args),
     /// Restore a point for real and record that the disk failed over: from
@@ -135,6 +163,9 @@ pub enum Cmd {
     /// Restore a point into a scratch target, run a check command on it,
     /// report, and remove the target. Replication is not touched.
     TestFailover(test_failover::Args),
+    /// Keep a standby VHD page blob per disk at the newest point, with a
+    /// blob snapshot per point (failover --standby copies one).
+    Standby(standby::Args),
     /// Bring an existing device or image to a point, writing only the
     /// chunks that differ.
     Failback(failback::Args),
@@ -162,6 +193,7 @@ pub async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Restore(a) => restore::run(a).await,
         Cmd::Failover(a) => failover::run(a).await,
         Cmd::TestFailover(a) => test_failover::run(a).await,
+        Cmd::Standby(a) => standby::run(a).await,
         Cmd::Failback(a) => failback::run(a).await,
         Cmd::Verify(a) => verify::run(a).await,
         Cmd::Prune(a) => prune::run(a).await,

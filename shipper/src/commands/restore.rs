@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::{print_json, stderr_is_terminal, SourceArgs};
 use crate::error::{Result, ShipError};
 use crate::restore::group::restore_group;
-use crate::restore::{restore_to, PointSel, RestoreOptions};
+use crate::restore::{PointSel, RestoreOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,6 +36,11 @@ pub struct Args {
     /// With --group: the directory for the members' images (<disk id>.img).
     #[arg(long)]
     to_dir: Option<PathBuf>,
+    /// With --to az://...: copy the point's snapshot from this standby
+    /// (az://CONTAINER[/PREFIX] of `hrl-shipper standby`), a server-side
+    /// copy, instead of restoring from the repository.
+    #[arg(long, conflicts_with_all = ["group", "identity"])]
+    standby: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -128,9 +133,6 @@ pub async fn run(a: Args) -> Result<u8> {
         progress: stderr_is_terminal() || !a.json,
         force: a.force,
     };
-    let rep = match super::blob_target(to) {
-        Some(blob) => crate::restore::restore_to_blob(&repo, &disk, point, &blob?, o).await?,
-        None => restore_to(&repo, &disk, point, to, o).await?,
-    };
+    let rep = super::write_point(&repo, &disk, point, to, a.standby.as_deref(), o).await?;
     report(&rep, a.json)
 }

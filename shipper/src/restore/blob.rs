@@ -157,26 +157,37 @@ async fn write_vhd(j: &Job<'_>, virt: u64) -> Result<RestoreReport> {
     Ok(rep)
 }
 
-/// Put Page requests in flight, each on its own task.
-struct Puts<'a> {
+/// Page writes in flight (16), each on its own task; the first failure
+/// is returned by the next call.
+pub(crate) struct Puts<'a> {
     blob: &'a PageBlob,
     set: JoinSet<Result<()>>,
 }
 
 impl<'a> Puts<'a> {
-    fn new(blob: &'a PageBlob) -> Self {
+    pub(crate) fn new(blob: &'a PageBlob) -> Self {
         Puts {
             blob,
             set: JoinSet::new(),
         }
     }
 
-    async fn put(&mut self, off: u64, data: Bytes) -> Result<()> {
+    pub(crate) async fn put(&mut self, off: u64, data: Bytes) -> Result<()> {
         while self.set.len() >= IN_FLIGHT {
             self.next().await?;
         }
         let b = self.blob.clone();
         self.set.spawn(async move { b.put_pages(off, data).await });
+        Ok(())
+    }
+
+    /// Clears `len` bytes at `off` (they read as zeros again).
+    pub(crate) async fn clear(&mut self, off: u64, len: u64) -> Result<()> {
+        while self.set.len() >= IN_FLIGHT {
+            self.next().await?;
+        }
+        let b = self.blob.clone();
+        self.set.spawn(async move { b.clear_pages(off, len).await });
         Ok(())
     }
 
@@ -187,7 +198,7 @@ impl<'a> Puts<'a> {
         }
     }
 
-    async fn finish(mut self) -> Result<()> {
+    pub(crate) async fn finish(mut self) -> Result<()> {
         while !self.set.is_empty() {
             self.next().await?;
         }
@@ -200,11 +211,17 @@ impl<'a> Puts<'a> {
 /// at most 4 MiB. A last sector shorter than 512 bytes is padded with
 /// zeros (the VHD reads as zeros past the disk's end).
 pub(crate) fn nonzero_runs(chunks: &[(u64, Vec<u8>)]) -> Vec<(u64, Bytes)> {
+    page_runs(chunks, true)
+}
+
+/// [`nonzero_runs`], or with `skip_zero` false every sector (a page that
+/// held data must be overwritten with the zeros it holds now).
+pub(crate) fn page_runs(chunks: &[(u64, Vec<u8>)], skip_zero: bool) -> Vec<(u64, Bytes)> {
     let mut out: Vec<(u64, Bytes)> = Vec::new();
     let mut cur: Option<(u64, Vec<u8>)> = None;
     for (off, data) in chunks {
         for (i, sector) in data.chunks(SECTOR).enumerate() {
-            if sector.iter().all(|&b| b == 0) {
+            if skip_zero && sector.iter().all(|&b| b == 0) {
                 continue;
             }
             let at = off + (i * SECTOR) as u64;

@@ -15,14 +15,14 @@ use crate::repo::manifest::{ChunkRef, PointHeader};
 use crate::repo::{pack_key, Location, Repo};
 
 /// A chunk to fetch: where it is, its chunk index on the device, its id.
-pub(super) type Fetch = (Location, u64, ChunkId);
+pub(crate) type Fetch = (Location, u64, ChunkId);
 /// Chunks to fetch from one pack, in offset order.
-pub(super) type PackPlan = Vec<Fetch>;
+pub(crate) type PackPlan = Vec<Fetch>;
 /// One ranged read: start, end, and the chunks it covers.
-pub(super) type RangeRead = (u64, u64, Vec<Fetch>);
+pub(crate) type RangeRead = (u64, u64, Vec<Fetch>);
 
 /// Groups a pack's blobs into ranged reads (gaps under 1 MiB are read through).
-pub(super) fn ranges(plan: &PackPlan) -> Vec<RangeRead> {
+pub(crate) fn ranges(plan: &PackPlan) -> Vec<RangeRead> {
     let mut out: Vec<RangeRead> = Vec::new();
     for &(loc, idx, id) in plan {
         let end = loc.offset + loc.len as u64;
@@ -39,7 +39,7 @@ pub(super) fn ranges(plan: &PackPlan) -> Vec<RangeRead> {
 
 /// What a restore writes: ranged reads per pack, zero chunks, and how
 /// many chunks failback found already right.
-pub(super) struct Plan {
+pub(crate) struct Plan {
     pub by_pack: BTreeMap<[u8; 32], PackPlan>,
     pub zeros: Vec<u64>,
     pub skipped: u64,
@@ -47,7 +47,7 @@ pub(super) struct Plan {
 
 /// Plans every chunk of the point; `skip[idx]` marks chunks failback found
 /// right. An unlocatable chunk fails the restore before anything is written.
-pub(super) fn plan(
+pub(crate) fn plan(
     h: &PointHeader,
     map: &BTreeMap<u64, ChunkRef>,
     index: &HashMap<ChunkId, Location>,
@@ -85,11 +85,11 @@ pub(super) fn plan(
 
 /// Chunks opened from one ranged read: bytes fetched, and `(device
 /// offset, plaintext)` of each chunk.
-pub(super) type Opened = (u64, Vec<(u64, Vec<u8>)>);
+pub(crate) type Opened = (u64, Vec<(u64, Vec<u8>)>);
 
 /// Every ranged read of `by_pack` (8 in flight), opened; the number of
 /// reads and the stream. An error names the chunk and pack.
-pub(super) fn chunk_stream(
+pub(crate) fn chunk_stream(
     repo: &Repo,
     h: &PointHeader,
     by_pack: BTreeMap<[u8; 32], PackPlan>,
@@ -126,7 +126,7 @@ pub(super) fn chunk_stream(
 
 /// Progress of a restore: a bar on a terminal, otherwise a plain line every
 /// 2 s; nothing when not asked for.
-pub(super) struct Progress {
+pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     plain: bool,
     done: usize,
@@ -135,7 +135,7 @@ pub(super) struct Progress {
 }
 
 impl Progress {
-    pub(super) fn new(label: Option<&str>, total: usize) -> Self {
+    pub(crate) fn new(label: Option<&str>, total: usize) -> Self {
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let bar = label.filter(|_| tty).map(|l| {
             let b = indicatif::ProgressBar::new(total as u64);
@@ -156,7 +156,7 @@ impl Progress {
         }
     }
 
-    pub(super) fn step(&mut self, written: u64, t0: Instant) {
+    pub(crate) fn step(&mut self, written: u64, t0: Instant) {
         self.done += 1;
         if let Some(b) = &self.bar {
             b.set_position(self.done as u64);
@@ -171,7 +171,7 @@ impl Progress {
         }
     }
 
-    pub(super) fn finish(self) {
+    pub(crate) fn finish(self) {
         if let Some(b) = self.bar {
             b.finish_and_clear();
         }

@@ -9,7 +9,7 @@
 
 pub mod blob;
 pub mod check;
-mod fetch;
+pub(crate) mod fetch;
 pub mod group;
 mod image;
 pub mod reader;
