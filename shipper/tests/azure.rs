@@ -47,18 +47,9 @@ fn ext4_image(dir: &Path, size: u64) -> PathBuf {
     img
 }
 
-/// Appends every chunk of `img` to the spool (zero chunks as zero
-/// records), then a tag for point `seq`.
+/// Appends every chunk of `img` to the spool, then a tag for point `seq`.
 fn copy_point(w: &mut SpoolWriter, img: &[u8], seq: u64) {
-    for c in 0..w.chunks {
-        let at = (c * CHUNK as u64) as usize;
-        let data = &img[at..(at + w.len_of(c))];
-        if data.iter().all(|&b| b == 0) {
-            w.zero(c);
-        } else {
-            w.data(c, data.to_vec());
-        }
-    }
+    w.image(img);
     w.tag(seq, false);
 }
 
@@ -432,7 +423,12 @@ async fn standby() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("point {points}")));
 }
 
+#[path = "azure/plan.rs"]
+mod plan;
+use plan::a_recovery_plan_runs_its_groups_in_order_tests_clean_and_fails_over;
+
 hrl_testkit::tests!(Azurite: [
+    a_recovery_plan_runs_its_groups_in_order_tests_clean_and_fails_over,
     a_point_of_an_ext4_disk_becomes_a_fixed_vhd_page_blob,
     the_standby_keeps_a_snapshot_per_point_through_kill_9,
 ]);

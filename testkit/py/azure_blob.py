@@ -6,6 +6,7 @@ against the Azurite of AZURITE_BLOB_STORAGE_URL.
     azure_blob.py info CONTAINER BLOB [SNAPSHOT]      -> JSON on stdout
     azure_blob.py download CONTAINER BLOB OUT [SNAPSHOT]
     azure_blob.py snapshots CONTAINER BLOB            -> JSON on stdout
+    azure_blob.py list CONTAINER PREFIX               -> JSON names
 
 `info` prints the blob type, size, metadata and the written page ranges
 ([start, end) pairs) as the service reports them.
@@ -50,6 +51,10 @@ def main(argv):
         b = svc.get_blob_client(container, blob, snapshot=snap)
         with open(out, "wb") as f:
             b.download_blob(max_concurrency=4).readinto(f)
+    elif cmd == "list":
+        # `blob` is a name prefix here.
+        c = svc.get_container_client(container)
+        print(json.dumps([x.name for x in c.list_blobs(name_starts_with=blob)]))
     elif cmd == "snapshots":
         c = svc.get_container_client(container)
         snaps = [

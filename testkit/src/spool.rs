@@ -99,6 +99,20 @@ impl SpoolWriter {
         self.data(c, d);
     }
 
+    /// Writes `data` over the disk from chunk 0 (zero chunks as zero
+    /// records): a point of a disk image built by the test.
+    pub fn image(&mut self, data: &[u8]) {
+        for c in 0..self.chunks {
+            let at = (c * CHUNK as u64) as usize;
+            let d = &data[at..(at + self.len_of(c))];
+            if d.iter().all(|&b| b == 0) {
+                self.zero(c);
+            } else {
+                self.data(c, d.to_vec());
+            }
+        }
+    }
+
     /// Every chunk with random content (an initial copy).
     pub fn full_copy(&mut self) {
         for c in 0..self.chunks {
@@ -126,6 +140,22 @@ impl SpoolWriter {
                 time_ns,
                 freeze_ns: 1000,
                 group: None,
+            }))
+            .expect("append tag");
+    }
+
+    /// A point of `kind` that is member `g` of a consistency-group point
+    /// (the Group record, then the tag naming it).
+    pub fn tag_group(&mut self, seq: u64, kind: PointKind, g: &hrl_format::Group) {
+        self.w.append(&Record::Group(g.clone())).expect("append group");
+        self.w
+            .append(&Record::Tag(Tag {
+                seq,
+                kind,
+                aborted: false,
+                time_ns: hrl_format::now_ns(),
+                freeze_ns: 1000,
+                group: Some(g.id),
             }))
             .expect("append tag");
     }

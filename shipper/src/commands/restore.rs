@@ -133,6 +133,6 @@ pub async fn run(a: Args) -> Result<u8> {
         progress: stderr_is_terminal() || !a.json,
         force: a.force,
     };
-    let rep = super::write_point(&repo, &disk, point, to, a.standby.as_deref(), o).await?;
+    let rep = crate::standby::write_point(&repo, &disk, point, to, a.standby.as_deref(), o).await?;
     report(&rep, a.json)
 }

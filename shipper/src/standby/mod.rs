@@ -172,3 +172,29 @@ pub async fn copy_point(
         skipped: 0,
     })
 }
+
+/// Writes point `point` of `disk` to `to`: an image file or device, a VHD
+/// page blob restored from the repository, or (with `standby`) a page blob
+/// copied from the standby's snapshot of the point.
+pub async fn write_point(
+    repo: &Repo,
+    disk: &Uuid,
+    point: crate::restore::PointSel,
+    to: &std::path::Path,
+    standby: Option<&str>,
+    o: crate::restore::RestoreOptions,
+) -> Result<RestoreReport> {
+    match (to.to_str().and_then(BlobUrl::parse), standby) {
+        (Some(blob), Some(sb)) => {
+            let sb = BlobUrl::parse(sb)
+                .ok_or_else(|| ShipError::Usage(format!("--standby {sb}: expected az://CONTAINER[/PREFIX]")))??;
+            let seq = crate::restore::resolve(repo, disk, point).await?;
+            copy_point(repo, disk, seq, &sb, &blob?, o.force).await
+        }
+        (None, Some(_)) => Err(ShipError::Usage(
+            "--standby copies a snapshot into a page blob: give --to az://CONTAINER/NAME.vhd".into(),
+        )),
+        (Some(blob), None) => crate::restore::restore_to_blob(repo, disk, point, &blob?, o).await,
+        (None, None) => crate::restore::restore_to(repo, disk, point, to, o).await,
+    }
+}
