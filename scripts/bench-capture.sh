@@ -20,7 +20,10 @@ cleanup() {
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
     rm -rf "$work" "$spool"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# An interrupted run stops here (cleanup runs on EXIT), never goes on
+# with its loop devices detached.
+trap 'exit 130' INT TERM
 
 step "a $mib MiB image of random data on $(df --output=source "$work" | tail -1)"
 head -c "$((mib << 20))" /dev/urandom >"$work/disk.img"

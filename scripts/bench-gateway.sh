@@ -13,7 +13,10 @@ cleanup() {
     stop_azurite
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# An interrupted run stops here (cleanup runs on EXIT), never goes on
+# with its loop devices detached.
+trap 'exit 130' INT TERM
 start_azurite
 target/release/examples/bench_gateway "$PWD/target/release" "$work" \
     "az://bench-gw-$(date +%s)/repo"

@@ -21,7 +21,10 @@ cleanup() {
     for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# An interrupted run stops here (cleanup runs on EXIT), never goes on
+# with its loop devices detached.
+trap 'exit 130' INT TERM
 "$agent" group-key "$work/group.key" >/dev/null
 members=()
 for i in 0 1 2; do

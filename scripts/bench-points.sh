@@ -23,7 +23,10 @@ cleanup() {
     [ -n "$spool" ] && rm -rf "$spool"
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# An interrupted run stops here (cleanup runs on EXIT), never goes on
+# with its loop devices detached.
+trap 'exit 130' INT TERM
 truncate -s 2G "$work/disk.img"
 loop=$(losetup --find --show "$work/disk.img")
 mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$loop"

@@ -19,7 +19,10 @@ cleanup() {
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
     rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# An interrupted run stops here (cleanup runs on EXIT), never goes on
+# with its loop devices detached.
+trap 'exit 130' INT TERM
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 

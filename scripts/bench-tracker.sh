@@ -21,7 +21,10 @@ cleanup() {
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
     rm -rf "$work" "$spool"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+# An interrupted run stops here (cleanup runs on EXIT), never goes on
+# with its loop devices detached.
+trap 'exit 130' INT TERM
 truncate -s 4G "$work/disk.img"
 loop=$(losetup --find --show "$work/disk.img")
 # Write the whole device once so fio measures overwrites, not tmpfs allocation.

@@ -31,8 +31,11 @@ shipper)
 gateway)
     exec bash scripts/bench-gateway.sh
     ;;
+azure)
+    exec bash scripts/bench-azure.sh
+    ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | azure" >&2
     exit 2
     ;;
 esac

@@ -33,7 +33,8 @@ install_py_deps() {
 
 # Azurite (npm package `azurite`) for the blob-store tests: installed into
 # target/azurite, started on a free loopback port with its own data folder
-# and telemetry off, stopped by its PID.
+# and telemetry off, stopped by its PID. AZURITE_EXTRA_ARGS adds options
+# (the Azure benchmark's rclone needs --skipApiVersionCheck).
 AZURITE_PID=""
 AZURITE_DIR=""
 start_azurite() {
@@ -45,7 +46,7 @@ start_azurite() {
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     AZURITE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/hrl-azurite-XXXXXX")
     target/azurite/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$port" \
-        --location "$AZURITE_DIR" --disableTelemetry --silent >"$AZURITE_DIR.log" 2>&1 &
+        --location "$AZURITE_DIR" --disableTelemetry --silent ${AZURITE_EXTRA_ARGS:-} >"$AZURITE_DIR.log" 2>&1 &
     AZURITE_PID=$!
     for _ in $(seq 100); do
         if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then

@@ -219,6 +219,29 @@ async fn vhd_restore() {
     let out = shipper(&url, &key, &["restore", "--point", "2", "--force", "--to", &to]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     check_vhd(&container, "web01/data-1.vhd", &d.join("raw-2.img"), size, d);
+    // Test failover into a blob: the check sees the blob's URL, and the
+    // blob is gone afterwards.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../testkit/py/azure_blob.py");
+    let check = format!(
+        "python3 {} info {container} ${{0#az://{container}/}} | grep -q PageBlob",
+        script.display()
+    );
+    let check = format!("sh -c '{check}' {{}}");
+    let to = format!("az://{container}/scratch/t.vhd");
+    let out = shipper(
+        &url,
+        &key,
+        &["test-failover", "--point", "1", "--to", &to, "--check", &check],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PASSED"));
+    let left: Value = serde_json::from_slice(&py(&["list", &container, "scratch/"]).stdout).unwrap();
+    assert_eq!(left, serde_json::json!([]), "test-failover left its blob");
     // A target that is not NAME.vhd is refused before anything is written.
     let out = shipper(&url, &key, &["restore", "--to", &format!("az://{container}/x.img")]);
     assert_eq!(out.status.code(), Some(2));
@@ -392,6 +415,13 @@ async fn standby() {
     py(&["download", &container, "failover/p10.vhd", local.to_str().unwrap()]);
     let raw10 = std::fs::read(d.join("raw-10")).unwrap();
     assert!(std::fs::read(&local).unwrap()[..size as usize] == raw10[..]);
+    // The same copy again: the target exists, refused.
+    let out = shipper(
+        &url,
+        &key,
+        &["restore", "--point", "10", "--standby", &to, "--to", &target],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     // A point the standby has not (none: 99) is refused, nothing written.
     let out = shipper(
         &url,

@@ -14,7 +14,8 @@ pub struct Args {
     r: RepoArgs,
     #[command(flatten)]
     p: PointArgs,
-    /// The scratch target: a new image file (it must not exist).
+    /// The scratch target: a new image file (it must not exist), or a new
+    /// VHD page blob az://CONTAINER/NAME.vhd (the check gets its URL as {}).
     #[arg(long)]
     to: PathBuf,
     /// A shell command run on the restored target; `{}` is replaced by the
@@ -117,10 +118,48 @@ fn run_check(cmd: &str, to: &Path, mounted: Option<&Mounted>) -> Result<bool> {
     Ok(ok)
 }
 
+/// Test failover into a page blob: restore, check (`{}` is the blob's
+/// URL), delete the blob unless `--keep`.
+async fn into_blob(a: &Args, repo: &crate::repo::Repo, disk: &uuid::Uuid, to: crate::azure::BlobUrl) -> Result<u8> {
+    if a.mount {
+        return Err(ShipError::Usage(format!(
+            "{to}: --mount needs an image file target; a page blob cannot be mounted here"
+        )));
+    }
+    let o = crate::restore::RestoreOptions {
+        progress: true,
+        force: false,
+    };
+    let restored = crate::restore::restore_to_blob(repo, disk, a.p.point, &to, o).await;
+    let checked = match restored {
+        Ok(rep) => {
+            println!(
+                "test failover: restored point {} of disk {} to {to} in {:.1}s",
+                rep.point, rep.disk_label, rep.seconds
+            );
+            let url = to.to_string();
+            a.check
+                .as_deref()
+                .map_or(Ok(true), |c| run_check(c, Path::new(&url), None))
+        }
+        // A failed restore deletes its blob itself.
+        Err(e) => return Err(e),
+    };
+    if a.keep {
+        println!("test failover: kept {to}");
+    } else {
+        crate::restore::blob::open_blob(&to).await?.delete(None).await?;
+    }
+    Ok(if checked? { 0 } else { 1 })
+}
+
 pub async fn run(a: Args) -> Result<u8> {
     let repo = a.r.open().await?;
     let disk = a.p.disk_id(&repo).await?;
     let point = a.p.point;
+    if let Some(to) = super::blob_target(&a.to) {
+        return into_blob(&a, &repo, &disk, to?).await;
+    }
     if a.to.exists() {
         return Err(ShipError::Usage(format!(
             "{}: the scratch target exists; test-failover writes a new one and removes it after",
