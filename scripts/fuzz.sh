@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(hrl_reader index manifest pack_trailer agent_config shipper_config)
+[ ${#targets[@]} -gt 0 ] || targets=(hrl_reader index manifest pack_trailer agent_config shipper_config vhd_footer recovery_plan)
 triple=$(rustc -vV | sed -n 's/^host: //p')
 out=$PWD/target/fuzz
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \

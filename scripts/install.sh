@@ -33,7 +33,7 @@ reload_systemd() {
 if [ "$uninstall" = 1 ]; then
     [ -f "$manifest" ] || { echo "install.sh: nothing installed here ($manifest missing)" >&2; exit 1; }
     if [ -z "$root" ] && [ -d /run/systemd/system ]; then
-        systemctl disable --now hrl-shipper.service hrl-agent.service 2>/dev/null || true
+        systemctl disable --now hrl-standby.service hrl-shipper.service hrl-agent.service 2>/dev/null || true
     fi
     kept=()
     while read -r sum path; do
@@ -78,7 +78,7 @@ for c in agent shipper; do
     fi
 done
 spool=$(sed -n 's/^spool *= *"\(.*\)".*/\1/p' "$root/etc/hrl/agent.toml" | head -1)
-for u in hrl-agent hrl-shipper; do
+for u in hrl-agent hrl-shipper hrl-standby; do
     sed -e "s#/usr/local/bin/#$prefix/bin/#g" -e "s#/usr/local/share/#$prefix/share/#g" \
         -e "s#^RequiresMountsFor=.*#RequiresMountsFor=${spool:-/var/spool/hrl}#" \
         "dist/systemd/$u.service" >"$units/$u.service"
@@ -89,7 +89,7 @@ put docs/operations.md "$prefix/share/doc/hrl/operations.md" 0644
 mv "$manifest.new" "$manifest"
 reload_systemd
 cat <<MSG
-hrl installed under ${root:-/}: $prefix/bin/{hrl-agent,hrl-shipper,hrl}, /etc/hrl/{agent,shipper}.toml, hrl-agent.service, hrl-shipper.service.
+hrl installed under ${root:-/}: $prefix/bin/{hrl-agent,hrl-shipper,hrl}, /etc/hrl/{agent,shipper}.toml, hrl-agent.service, hrl-shipper.service, hrl-standby.service (the standby into Azure: /etc/hrl/standby.env, see operations.md).
 Next: add your disks to /etc/hrl/agent.toml, run
   hrl-shipper init --repo URL --key-file /etc/hrl/repo.key
 then: systemctl enable --now hrl-agent hrl-shipper

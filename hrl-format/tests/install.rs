@@ -80,7 +80,7 @@ fn install_then_uninstall_leaves_nothing_behind() {
     if Command::new("systemd-analyze").arg("--version").output().is_ok() {
         let v = tempfile::tempdir().unwrap();
         let mut units = Vec::new();
-        for u in ["hrl-agent.service", "hrl-shipper.service"] {
+        for u in ["hrl-agent.service", "hrl-shipper.service", "hrl-standby.service"] {
             let t = std::fs::read_to_string(at(&format!("/etc/systemd/system/{u}")))
                 .unwrap()
                 .replace("/usr/local/bin/", &format!("{}/usr/local/bin/", r));
@@ -117,11 +117,11 @@ fn install_then_uninstall_leaves_nothing_behind() {
     // A clean install and uninstall leaves no file at all.
     let o = install(&["--root", r, "--bin-dir", bindir.to_str().unwrap()]);
     assert!(o.status.success());
-    assert_eq!(files_under(root.path()).len(), 9);
+    assert_eq!(files_under(root.path()).len(), 10);
     let o = install(&["--root", r, "--uninstall"]);
     assert!(o.status.success());
     assert!(files_under(root.path()).is_empty(), "{:?}", files_under(root.path()));
-    eprintln!("install: 9 files placed, systemd units verified, uninstall left nothing");
+    eprintln!("install: 10 files placed, systemd units verified, uninstall left nothing");
 }
 
 /// The top-level keys of a TOML text, in order (enough to check the

@@ -456,8 +456,12 @@ async fn standby() {
 #[path = "azure/plan.rs"]
 mod plan;
 use plan::a_recovery_plan_runs_its_groups_in_order_tests_clean_and_fails_over;
+#[path = "azure/faults.rs"]
+mod faults;
+use faults::a_vhd_restore_and_the_standby_get_through_endpoint_faults;
 
 hrl_testkit::tests!(Azurite: [
+    a_vhd_restore_and_the_standby_get_through_endpoint_faults,
     a_recovery_plan_runs_its_groups_in_order_tests_clean_and_fails_over,
     a_point_of_an_ext4_disk_becomes_a_fixed_vhd_page_blob,
     the_standby_keeps_a_snapshot_per_point_through_kill_9,

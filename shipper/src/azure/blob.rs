@@ -17,6 +17,9 @@ use super::request::{send, unexpected, Answer, Req};
 use super::BlobUrl;
 use crate::error::{Result, ShipError};
 
+/// Metadata naming the request that made a blob (see [`PageBlob::create`]).
+const OP: &str = "hrl_op";
+
 /// The largest Put Page the service takes.
 pub const MAX_PAGE_WRITE: usize = 4 << 20;
 
@@ -100,8 +103,12 @@ impl PageBlob {
     }
 
     /// Creates an empty (all-zero) page blob of `size` bytes (a multiple
-    /// of 512). Refuses an existing blob unless `overwrite`.
+    /// of 512). Refuses an existing blob unless `overwrite`. The blob
+    /// carries `hrl_op=<random id>`: when a retried request finds the blob
+    /// there because the first attempt did create it (its answer was
+    /// lost), the id says it is ours.
     pub async fn create(&self, size: u64, overwrite: bool, meta: &[(&str, String)]) -> Result<()> {
+        let op = uuid::Uuid::new_v4().simple().to_string();
         let mut r = self
             .req(Method::PUT, None, None)
             .header("x-ms-blob-type", "PageBlob")
@@ -109,18 +116,31 @@ impl PageBlob {
         if !overwrite {
             r = r.header("if-none-match", "*");
         }
-        for (k, v) in meta {
+        for (k, v) in meta.iter().chain([&(OP, op.clone())]) {
             r = r.header(&format!("x-ms-meta-{k}"), v.clone());
         }
         let a = self.call(r, "create page blob").await?;
         match a.status {
             201 => Ok(()),
-            409 | 412 => Err(ShipError::Usage(format!(
-                "{}: the blob exists; give a new name, or --force to overwrite it; nothing was written",
-                self.url
-            ))),
+            409 | 412 if self.made_by(&op).await? => Ok(()),
+            409 | 412 => Err(self.exists()),
             _ => Err(unexpected(&format!("create page blob {}", self.url), &a)),
         }
+    }
+
+    /// Whether the blob carries `hrl_op=op` (this process made it).
+    async fn made_by(&self, op: &str) -> Result<bool> {
+        Ok(self
+            .properties(None)
+            .await?
+            .is_some_and(|p| p.meta.get(OP).map(String::as_str) == Some(op)))
+    }
+
+    fn exists(&self) -> ShipError {
+        ShipError::Usage(format!(
+            "{}: the blob exists; give a new name, or --force to overwrite it; nothing was written",
+            self.url
+        ))
     }
 
     /// Writes `data` (a multiple of 512 bytes, at most 4 MiB) at `offset`.
@@ -227,27 +247,34 @@ impl PageBlob {
     }
 
     /// Copies `src` (at `snapshot`) into this blob inside the service and
-    /// waits until the copy is complete. Refuses an existing blob unless
+    /// waits until the copy is complete; the copy gets `meta` (and
+    /// `hrl_op`, as [`PageBlob::create`]). Refuses an existing blob unless
     /// `overwrite`.
-    pub async fn copy_from(&self, src: &PageBlob, snapshot: Option<&str>, overwrite: bool) -> Result<()> {
+    pub async fn copy_from(
+        &self,
+        src: &PageBlob,
+        snapshot: Option<&str>,
+        overwrite: bool,
+        meta: &[(&str, String)],
+    ) -> Result<()> {
+        let op = uuid::Uuid::new_v4().simple().to_string();
+        let what = format!("copy {} into {}", src.url, self.url);
         let mut r = self
             .req(Method::PUT, None, None)
             .header("x-ms-copy-source", src.rest_url(snapshot).to_string());
         if !overwrite {
             r = r.header("if-none-match", "*");
         }
-        let a = self.call(r, "copy into").await?;
-        match a.status {
-            202 => {}
-            409 | 412 => {
-                return Err(ShipError::Usage(format!(
-                    "{}: the blob exists; give a new name, or --force to overwrite it; nothing was written",
-                    self.url
-                )))
-            }
-            _ => return Err(unexpected(&format!("copy {} into {}", src.url, self.url), &a)),
+        for (k, v) in meta.iter().chain([&(OP, op.clone())]) {
+            r = r.header(&format!("x-ms-meta-{k}"), v.clone());
         }
-        let mut status = a.header("x-ms-copy-status").unwrap_or("pending").to_string();
+        let a = self.call(r, "copy into").await?;
+        let mut status = match a.status {
+            202 => a.header("x-ms-copy-status").unwrap_or("pending").to_string(),
+            409 | 412 if self.made_by(&op).await? => "pending".to_string(),
+            409 | 412 => return Err(self.exists()),
+            _ => return Err(unexpected(&what, &a)),
+        };
         while status == "pending" {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let p = self.properties(None).await?;
@@ -255,7 +282,7 @@ impl PageBlob {
         }
         if status != "success" {
             return Err(ShipError::Blob {
-                what: format!("copy {} into {}", src.url, self.url),
+                what,
                 why: format!("the copy ended {status}"),
             });
         }

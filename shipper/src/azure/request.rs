@@ -73,12 +73,16 @@ impl Answer {
     }
 }
 
-/// The HTTP client of the Blob service requests (one per process).
+/// The HTTP client of the Blob service requests. Per-request timeout 120 s
+/// (a 4 MiB page on a slow link), or `HRL_STORE_TIMEOUT` (e.g. "5s"), as
+/// for the repository's store.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap_or_default()
+    let timeout = std::env::var("HRL_STORE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<hrl_common::HumanDuration>().ok())
+        .map(Duration::from)
+        .unwrap_or(Duration::from_secs(120));
+    reqwest::Client::builder().timeout(timeout).build().unwrap_or_default()
 }
 
 /// Sends `r` signed for `acct`; retries transient failures. `what` names

@@ -150,6 +150,14 @@ mod tests {
     }
 
     #[test]
+    fn footer_matches_one_computed_independently() {
+        // fixtures/fuzz/vhd_footer/hrl-64mib.bin was computed by a Python
+        // transcription of the specification (checksum, CHS geometry).
+        let want = include_bytes!("../../../fixtures/fuzz/vhd_footer/hrl-64mib.bin");
+        assert_eq!(&footer(64 << 20, VHD_EPOCH + 10, [7; 16])[..], &want[..]);
+    }
+
+    #[test]
     fn footer_round_trips_and_damage_is_named() {
         let f = footer(64 << 20, VHD_EPOCH + 10, [7; 16]);
         assert_eq!(parse(&f), Ok(64 << 20));

@@ -129,7 +129,12 @@ fn bad(path: &Path, why: impl std::fmt::Display) -> ShipError {
 /// Reads and checks the plan file (its TOML, names and rule).
 pub fn load(path: &Path) -> Result<PlanFile> {
     let text = std::fs::read_to_string(path).map_err(|e| ShipError::io(path, "read plan", e))?;
-    let f: PlanFile = toml::from_str(&text).map_err(|e| bad(path, e.to_string().trim_end()))?;
+    parse(&text, path)
+}
+
+/// Checks the text of plan file `path`.
+pub fn parse(text: &str, path: &Path) -> Result<PlanFile> {
+    let f: PlanFile = toml::from_str(text).map_err(|e| bad(path, e.to_string().trim_end()))?;
     f.point.parse::<PointRule>().map_err(|e| bad(path, e))?;
     if f.groups.is_empty() {
         return Err(bad(path, "it has no [[group]]"));

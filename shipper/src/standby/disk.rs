@@ -280,7 +280,17 @@ pub async fn retain(repo: &Repo, disk: &Uuid, blob: &PageBlob, snaps: &[Snapshot
             _ => gone.push(s),
         }
     }
-    live.sort_by_key(|(p, _)| *p);
+    // A snapshot request retried after its answer was lost leaves two
+    // snapshots of one point: the older goes.
+    live.sort_by(|a, b| (a.0, &a.1.snapshot).cmp(&(b.0, &b.1.snapshot)));
+    let mut unique: Vec<(u64, &SnapshotInfo)> = Vec::new();
+    for (p, s) in live {
+        match unique.last_mut() {
+            Some(last) if last.0 == p => gone.push(std::mem::replace(&mut last.1, s)),
+            _ => unique.push((p, s)),
+        }
+    }
+    let mut live = unique;
     let newest = live.last().map(|(_, s)| s.snapshot.clone());
     if keep > 0 && live.len() > keep {
         let extra = live.len() - keep;

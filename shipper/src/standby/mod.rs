@@ -153,7 +153,8 @@ pub async fn copy_point(
         }
     };
     let dst = crate::restore::blob::open_blob(to).await?;
-    dst.copy_from(&src, Some(&snap), force).await?;
+    let meta = [("hrl_disk", disk.to_string()), ("hrl_point", seq.to_string())];
+    dst.copy_from(&src, Some(&snap), force, &meta).await?;
     let virt = azure::vhd::virtual_size(h.device_size);
     Ok(RestoreReport {
         disk: *disk,
