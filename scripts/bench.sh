@@ -34,8 +34,11 @@ gateway)
 azure)
     exec bash scripts/bench-azure.sh
     ;;
+memory)
+    exec bash scripts/bench-memory.sh
+    ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | azure" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | azure | memory" >&2
     exit 2
     ;;
 esac

@@ -29,7 +29,7 @@ impl DiskWorker {
                 let data = self.reader.batch(i);
                 self.counters.capture_bytes += data.len() as u64;
                 let h = hash_chunk(data);
-                if self.hashes.matches(c, &h) {
+                if self.hashes.matches(c, &h)? {
                     continue;
                 }
                 let offset = c * self.reader.chunk_size;
@@ -93,7 +93,7 @@ impl DiskWorker {
     /// (just before a freeze). Returns chunks captured.
     pub(super) fn precopy(&mut self, all: bool, limit: usize) -> Result<usize> {
         let mut todo: Vec<u64> = Vec::new();
-        for c in self.dirty.dirty_chunks() {
+        for c in self.dirty.iter_dirty() {
             if todo.len() >= limit {
                 break;
             }

@@ -91,16 +91,23 @@ impl DirtyMap {
 
     /// Dirty chunk indices, in order.
     pub fn dirty_chunks(&self) -> Vec<u64> {
-        let mut out = Vec::new();
-        for (i, w) in self.words.iter().enumerate() {
+        self.iter_dirty().collect()
+    }
+
+    /// Dirty chunk indices, in order, one word read at a time: nothing is
+    /// allocated however many chunks are dirty (all of them, in a resync).
+    pub fn iter_dirty(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, w)| {
             let mut v = w.load(Ordering::Acquire);
-            while v != 0 {
+            std::iter::from_fn(move || {
+                if v == 0 {
+                    return None;
+                }
                 let b = v.trailing_zeros() as u64;
-                out.push(i as u64 * 64 + b);
                 v &= v - 1;
-            }
-        }
-        out
+                Some(i as u64 * 64 + b)
+            })
+        })
     }
 }
 
