@@ -129,6 +129,7 @@ pub(crate) fn chunk_stream(
 pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,
     plain: bool,
+    label: String,
     done: usize,
     total: usize,
     last: Instant,
@@ -150,6 +151,7 @@ impl Progress {
         Progress {
             bar,
             plain: label.is_some() && !tty,
+            label: label.unwrap_or_default().to_string(),
             done: 0,
             total,
             last: Instant::now(),
@@ -162,11 +164,16 @@ impl Progress {
             b.set_position(self.done as u64);
         } else if self.plain && self.last.elapsed().as_secs() >= 2 {
             self.last = Instant::now();
+            let frac = self.done as f64 / self.total.max(1) as f64;
+            let secs = t0.elapsed().as_secs_f64();
+            let left = if frac > 0.0 { secs / frac - secs } else { 0.0 };
             eprintln!(
-                "restore: {:.0}% ({} MiB written, {:.0} MiB/s)",
-                self.done as f64 * 100.0 / self.total.max(1) as f64,
+                "{}: {:.0}% ({} MiB written, {:.0} MiB/s, about {:.0} s left)",
+                self.label,
+                frac * 100.0,
                 written >> 20,
-                written as f64 / 1048576.0 / t0.elapsed().as_secs_f64()
+                written as f64 / 1048576.0 / secs,
+                left
             );
         }
     }

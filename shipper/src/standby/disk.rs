@@ -23,7 +23,7 @@ use crate::error::{Result, ShipError};
 use crate::repo::manifest::{self, ChunkRef, PointHeader};
 use crate::repo::Repo;
 use crate::restore::blob::{page_runs, Puts};
-use crate::restore::fetch::{chunk_stream, plan};
+use crate::restore::fetch::{chunk_stream, plan, Progress};
 
 /// Metadata names on the standby blob and its snapshots.
 const META_DISK: &str = "hrl_disk";
@@ -53,6 +53,8 @@ struct State {
     applying: Option<u64>,
     /// The blob was just created: it reads as zeros.
     fresh: bool,
+    /// The blob's size (virtual size + footer).
+    len: u64,
 }
 
 fn point_of(meta: &BTreeMap<String, String>, key: &str) -> Option<u64> {
@@ -70,6 +72,7 @@ async fn state(blob: &PageBlob, disk: &Uuid, h: &PointHeader) -> Result<(State, 
         blob.put_pages(virt, bytes::Bytes::copy_from_slice(&footer)).await?;
         let s = State {
             fresh: true,
+            len: virt + vhd::FOOTER as u64,
             ..State::default()
         };
         return Ok((s, Vec::new()));
@@ -87,6 +90,7 @@ async fn state(blob: &PageBlob, disk: &Uuid, h: &PointHeader) -> Result<(State, 
         snapshot_point,
         applying,
         fresh: false,
+        len: props.len,
     };
     Ok((s, snaps))
 }
@@ -147,6 +151,7 @@ pub async fn catch_up(
             snapshot_point: Some(p),
             applying: None,
             fresh: false,
+            len: st.len,
         };
         done.push(a);
     }
@@ -194,6 +199,14 @@ async fn apply(
 ) -> Result<Applied> {
     let t0 = Instant::now();
     let (h, map_p) = manifest::full_map(repo, disk, p).await?;
+    if vhd::virtual_size(h.device_size) + vhd::FOOTER as u64 != st.len {
+        return Err(ShipError::Usage(format!(
+            "{}: disk {} has {} bytes at point {p}, the standby was made for another size (the disk was resized): delete the blob to start its standby over",
+            blob.url,
+            h.disk_label(),
+            h.device_size
+        )));
+    }
     let chunks = h.device_size.div_ceil(h.chunk_size as u64);
     let which = changed(repo, disk, st, &map_p).await?;
     let full = which.is_none();
@@ -227,8 +240,10 @@ async fn apply(
     if !st.fresh {
         clear_zeros(&mut puts, &h, &plan.zeros, &mut a).await?;
     }
-    let (_, fetches) = chunk_stream(repo, &h, plan.by_pack);
+    let (total, fetches) = chunk_stream(repo, &h, plan.by_pack);
     let mut fetches = std::pin::pin!(fetches);
+    // A first point (or a full rewrite) of a big disk takes long: progress.
+    let mut shown = Progress::new(Some(&format!("standby {} point {p}", h.disk_label())), total);
     while let Some(r) = fetches.next().await {
         let (_, mut got) = r.map_err(incomplete)?;
         got.sort_by_key(|(o, _)| *o);
@@ -238,8 +253,10 @@ async fn apply(
             a.bytes += data.len() as u64;
             puts.put(off, data).await?;
         }
+        shown.step(a.bytes, t0);
     }
     puts.finish().await?;
+    shown.finish();
     crash_point!("standby-before-snapshot");
     let meta = [(META_DISK, disk.to_string()), (META_POINT, p.to_string())];
     a.snapshot = blob.snapshot(&meta).await?;
