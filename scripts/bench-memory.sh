@@ -2,7 +2,10 @@
 # The agent's memory on big disks: peak RSS (VmHWM) of `hrl-agent run` on
 # sparse loop devices of 1 TiB and just under 16 TiB (ext4's file size
 # limit), from start through the first part of the initial sync (capture
-# rate-limited), printed per TiB. Called by `scripts/bench.sh memory`.
+# rate-limited), printed per TiB. Then a whole life cycle with a 1 TiB
+# disk's chunk count: 64 GiB at 4 KiB chunks (16 Mi chunks, as 1 TiB at
+# 64 KiB): initial sync, points, a clean stop, the resync after restart,
+# a point; VmHWM of each run. Called by `scripts/bench.sh memory`.
 # Needs root (loop devices, tracefs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +54,36 @@ for gib in 1024 16383; do
     rm -rf "$work/spool-$gib" "$work/disk.img"
 done
 
+# lifecycle SPOOL OUT: waits for data mode, takes 3 points; writes VmHWM
+# and the scan's seconds to OUT (run in this shell, so cleanup sees apid).
+lifecycle() {
+    "$bin/hrl-agent" run --device "$loop" --spool "$1" --name big --point-interval 0 \
+        --chunk-size 4KiB --metrics-listen "" --spool-limit 64GiB 2>>"$work/agent.log" &
+    apid=$!
+    local t0=$SECONDS
+    until "$bin/hrl-agent" status --json --spool "$1" 2>/dev/null | grep -q '"mode": "data"'; do
+        kill -0 "$apid" 2>/dev/null || { echo "the agent exited:" >&2; tail -5 "$work/agent.log" >&2; exit 1; }
+        sleep 1
+    done
+    local scan=$((SECONDS - t0))
+    for _ in 1 2 3; do "$bin/hrl-agent" point --disk big --spool "$1" >/dev/null; done
+    local hwm
+    hwm=$(kib "$apid" VmHWM)
+    kill -TERM "$apid"; wait "$apid" || true; apid=""
+    echo "$hwm $scan" >"$2"
+}
+step "life cycle: 64 GiB sparse at 4 KiB chunks (a 1 TiB disk's chunk count)"
+truncate -s 64G "$work/disk.img"
+loop=$(losetup --find --show "$work/disk.img")
+lifecycle "$work/spool-life" "$work/life.1"
+lifecycle "$work/spool-life" "$work/life.2"
+read -r hwm_first scan_first <"$work/life.1"
+read -r hwm_again scan_again <"$work/life.2"
+losetup -d "$loop"; loop=""
+
 echo
+awk -v a="$hwm_first" -v b="$hwm_again" -v s1="$scan_first" -v s2="$scan_again" 'BEGIN {
+    printf "life cycle, 16 Mi chunks: initial sync (%d s) + 3 points: VmHWM %.1f MiB; after a restart, resync (%d s) + 3 points: VmHWM %.1f MiB\n", s1, a / 1024, s2, b / 1024 }'
 for r in "${results[@]}"; do
     read -r gib hwm rss hashes progress <<<"$r"
     python3 - "$gib" "$hwm" "$rss" "$hashes" "$progress" <<'PY'
