@@ -346,6 +346,18 @@ fn status(json: bool, target: Target) -> Result<u8, AgentError> {
             d["last_freeze_ms"].as_f64().map_or("-".into(), |f| format!("{f:.1}ms")),
             d["losses"].as_u64().unwrap_or(0),
         );
+        if let Some(t) = d["scan_end_ns"].as_u64() {
+            let left = t.saturating_sub(now) / 1_000_000_000;
+            println!(
+                "  {} ends about {} (in {} min at its rate so far)",
+                d["mode"].as_str().unwrap_or("scan"),
+                hrl_common::time::rfc3339(t),
+                left.div_ceil(60)
+            );
+        }
+        if let Some(s) = d["start"].as_str().filter(|s| !s.is_empty()) {
+            println!("  started: {s}");
+        }
         if d["rpo_exceeded"].as_bool() == Some(true) {
             println!("  WARNING: RPO threshold exceeded: no point for longer than rpo_warn");
         }

@@ -173,6 +173,10 @@ fn kill9_twenty_times_then_the_next_point_is_exact_and_resync_is_small() {
     );
     let p = a.point(&dev.path.file_name().unwrap().to_string_lossy(), false);
     assert_eq!(p["ok"], true, "{p}");
+    // Status says why this start resynced.
+    let st = a.status().expect("status");
+    let start = st["start"].as_str().unwrap_or("").to_string();
+    assert!(start.contains("unclean stop"), "start: {start:?}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = load.join().unwrap();
     assert_eq!(a.stop(), 0);

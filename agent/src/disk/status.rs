@@ -25,6 +25,11 @@ pub struct DiskStatus {
     pub spool_limit: u64,
     /// Fraction done of the initial-sync or resync scan.
     pub scan_progress: Option<f64>,
+    /// When the running scan should end at its rate so far (ns since the
+    /// epoch; none before it has a rate).
+    pub scan_end_ns: Option<u64>,
+    /// Why this start began with an initial sync or a resync.
+    pub start: String,
     pub last_point: Option<LastPoint>,
     pub points_taken: u64,
     pub points_aborted: u64,
@@ -54,6 +59,8 @@ impl DiskStatus {
             spool_bytes: 0,
             spool_limit: 0,
             scan_progress: Some(0.0),
+            scan_end_ns: None,
+            start: String::new(),
             last_point: None,
             points_taken: 0,
             points_aborted: 0,

@@ -70,6 +70,8 @@ pub struct DiskWorker {
     pub(super) requests: Receiver<Request>,
     pub(super) rate_mark: (Instant, u64, u64),
     pub(super) scan_log: Instant,
+    /// When the running scan was first seen at chunk `.1` (for its end time).
+    pub(super) scan_mark: Option<(Instant, u64)>,
     pub(crate) counters: Counters,
     pub(super) started_ns: u64,
     pub(super) rpo_warned: Option<Instant>,
@@ -112,6 +114,13 @@ impl DiskWorker {
         } else {
             DiskMode::InitialSync
         };
+        let start = match &s.previous {
+            None => "first start on this disk: the initial sync reads every chunk",
+            Some(p) if p.clean_shutdown => {
+                "restart after a clean stop: the resync reads every chunk (writes made while the agent was stopped are unknown)"
+            }
+            Some(_) => "restart after an unclean stop (crash, kill or power loss): the resync reads every chunk",
+        };
         let status = Arc::new(Mutex::new(DiskStatus {
             disk_id: s.state.disk_id,
             device: s.dev.path.clone(),
@@ -120,6 +129,7 @@ impl DiskWorker {
             mode,
             dirty_bytes: s.dev.size,
             spool_limit: agent.spool_limit,
+            start: start.to_string(),
             ..DiskStatus::new(&cfg.name)
         }));
         let freezer = match &mount {
@@ -163,6 +173,7 @@ impl DiskWorker {
             requests,
             rate_mark: (now, 0, 0),
             scan_log: now,
+            scan_mark: None,
             counters: Counters::default(),
             started_ns: hrl_format::now_ns(),
             rpo_warned: None,
@@ -261,11 +272,35 @@ impl DiskWorker {
         Ok(())
     }
 
+    /// The running scan's end time at its rate since it was first seen
+    /// (a scan that restarted, after a loss, starts a new mark).
+    fn scan_end(&mut self) -> Option<u64> {
+        let Some(c) = self.scan else {
+            self.scan_mark = None;
+            return None;
+        };
+        let (t0, c0) = match self.scan_mark {
+            Some((t, c0)) if c0 <= c => (t, c0),
+            _ => {
+                self.scan_mark = Some((Instant::now(), c));
+                return None;
+            }
+        };
+        let el = t0.elapsed().as_secs_f64();
+        if c <= c0 || el < 1.0 {
+            return None;
+        }
+        let left = (self.dirty.chunks() - c) as f64 * el / (c - c0) as f64;
+        Some(hrl_format::now_ns() + (left * 1e9) as u64)
+    }
+
     pub(super) fn update_status(&mut self) {
         let (t0, c0, w0) = self.rate_mark;
         let el = t0.elapsed().as_secs_f64();
         let w = self.tracker.counters.extent_bytes;
+        let scan_end = self.scan_end();
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.scan_end_ns = scan_end;
         if el >= 2.0 {
             st.capture_rate_bps = (self.counters.capture_bytes - c0) as f64 / el;
             st.write_rate_bps = (w - w0) as f64 / el;
@@ -275,6 +310,7 @@ impl DiskWorker {
         st.dirty_bytes = self.dirty.count() * self.dirty.chunk_size();
         st.spool_bytes = self.spool_used;
         st.scan_progress = self.scan.map(|c| c as f64 / self.dirty.chunks().max(1) as f64);
+
         st.points_taken = self.counters.points_taken;
         st.points_aborted = self.counters.points_aborted;
         st.last_freeze_ms = self.counters.last_freeze_ms;
