@@ -437,6 +437,11 @@ async fn standby() {
         ],
     );
     assert_ne!(out.status.code(), Some(0));
+    // The standby's own blob is never a restore target, even with --force.
+    let own = format!("az://{container}/{blob}");
+    let out = shipper(&url, &key, &["restore", "--point", "1", "--force", "--to", &own]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("standby blob"));
     let out = shipper(
         &url,
         &key,

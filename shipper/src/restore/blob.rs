@@ -27,6 +27,10 @@ use crate::repo::crypto::ChunkId;
 use crate::repo::manifest::{self, ChunkRef, PointHeader};
 use crate::repo::{Location, Repo};
 
+/// Marks a standby blob (`crate::standby`): restore refuses to overwrite
+/// one, even with --force.
+pub(crate) const META_STANDBY: &str = "hrl_standby";
+
 /// Put Page requests in flight.
 const IN_FLIGHT: usize = 16;
 const SECTOR: usize = 512;
@@ -44,8 +48,13 @@ pub async fn restore_to_blob(
     let (h, map) = manifest::full_map(repo, disk, seq).await?;
     let index = repo.load_index().await?;
     let blob = open_blob(to).await?;
-    if !o.force {
-        if let Some(props) = blob.properties(None).await? {
+    if let Some(props) = blob.properties(None).await? {
+        if props.meta.contains_key(META_STANDBY) {
+            return Err(ShipError::Usage(format!(
+                "{to}: this is a standby blob (`hrl-shipper standby` keeps it point by point); restore into another name, or fail over with --standby; nothing was written"
+            )));
+        }
+        if !o.force {
             return Err(ShipError::Usage(format!(
                 "{to}: the blob exists ({} bytes, {}); restore writes a new VHD: give a new name, or --force to overwrite it; nothing was written",
                 props.len, props.blob_type

@@ -22,7 +22,7 @@ use crate::azure::{vhd, BlobProps, PageBlob, SnapshotInfo};
 use crate::error::{Result, ShipError};
 use crate::repo::manifest::{self, ChunkRef, PointHeader};
 use crate::repo::Repo;
-use crate::restore::blob::{page_runs, Puts};
+use crate::restore::blob::{page_runs, Puts, META_STANDBY};
 use crate::restore::fetch::{chunk_stream, plan, Progress};
 
 /// Metadata names on the standby blob and its snapshots.
@@ -66,7 +66,7 @@ fn point_of(meta: &BTreeMap<String, String>, key: &str) -> Option<u64> {
 async fn state(blob: &PageBlob, disk: &Uuid, h: &PointHeader) -> Result<(State, Vec<SnapshotInfo>)> {
     let virt = vhd::virtual_size(h.device_size);
     let Some(props) = blob.properties(None).await? else {
-        let meta = [(META_DISK, disk.to_string())];
+        let meta = [(META_DISK, disk.to_string()), (META_STANDBY, "1".to_string())];
         blob.create(virt + vhd::FOOTER as u64, false, &meta).await?;
         let footer = vhd::footer(virt, hrl_format::now_ns() / 1_000_000_000, *Uuid::new_v4().as_bytes());
         blob.put_pages(virt, bytes::Bytes::copy_from_slice(&footer)).await?;
@@ -97,7 +97,7 @@ async fn state(blob: &PageBlob, disk: &Uuid, h: &PointHeader) -> Result<(State, 
 
 fn check_blob(blob: &PageBlob, disk: &Uuid, p: &BlobProps, virt: u64) -> Result<()> {
     let owner = p.meta.get(META_DISK).cloned().unwrap_or_default();
-    if p.blob_type != "PageBlob" || owner != disk.to_string() {
+    if p.blob_type != "PageBlob" || owner != disk.to_string() || !p.meta.contains_key(META_STANDBY) {
         return Err(ShipError::Usage(format!(
             "{}: the blob exists and is not the standby of disk {disk} (type {}, {META_DISK}={owner:?}); give another --to prefix",
             blob.url, p.blob_type
@@ -216,7 +216,11 @@ async fn apply(
             *s = false;
         }
     }
-    let mut meta = vec![(META_DISK, disk.to_string()), (META_APPLYING, p.to_string())];
+    let mut meta = vec![
+        (META_DISK, disk.to_string()),
+        (META_STANDBY, "1".to_string()),
+        (META_APPLYING, p.to_string()),
+    ];
     if let Some(s) = st.snapshot_point {
         meta.push((META_POINT, s.to_string()));
     }
@@ -258,7 +262,11 @@ async fn apply(
     puts.finish().await?;
     shown.finish();
     crash_point!("standby-before-snapshot");
-    let meta = [(META_DISK, disk.to_string()), (META_POINT, p.to_string())];
+    let meta = [
+        (META_DISK, disk.to_string()),
+        (META_STANDBY, "1".to_string()),
+        (META_POINT, p.to_string()),
+    ];
     a.snapshot = blob.snapshot(&meta).await?;
     blob.set_metadata(&meta).await?;
     a.seconds = t0.elapsed().as_secs_f64();
