@@ -116,9 +116,8 @@ impl PageBlob {
         if !overwrite {
             r = r.header("if-none-match", "*");
         }
-        for (k, v) in meta.iter().chain([&(OP, op.clone())]) {
-            r = r.header(&format!("x-ms-meta-{k}"), v.clone());
-        }
+        let op_meta = (OP, op.clone());
+        r = r.meta(meta.iter().chain([&op_meta]));
         let a = self.call(r, "create page blob").await?;
         match a.status {
             201 => Ok(()),
@@ -211,19 +210,13 @@ impl PageBlob {
 
     /// Replaces the blob's metadata.
     pub async fn set_metadata(&self, meta: &[(&str, String)]) -> Result<()> {
-        let mut r = self.req(Method::PUT, None, Some("metadata"));
-        for (k, v) in meta {
-            r = r.header(&format!("x-ms-meta-{k}"), v.clone());
-        }
+        let r = self.req(Method::PUT, None, Some("metadata")).meta(meta);
         self.expect(r, "set metadata of", 200).await
     }
 
     /// Takes a snapshot carrying `meta`; returns its id.
     pub async fn snapshot(&self, meta: &[(&str, String)]) -> Result<String> {
-        let mut r = self.req(Method::PUT, None, Some("snapshot"));
-        for (k, v) in meta {
-            r = r.header(&format!("x-ms-meta-{k}"), v.clone());
-        }
+        let r = self.req(Method::PUT, None, Some("snapshot")).meta(meta);
         let a = self.call(r, "snapshot").await?;
         match (a.status, a.header("x-ms-snapshot")) {
             (201, Some(s)) => Ok(s.to_string()),
@@ -265,9 +258,8 @@ impl PageBlob {
         if !overwrite {
             r = r.header("if-none-match", "*");
         }
-        for (k, v) in meta.iter().chain([&(OP, op.clone())]) {
-            r = r.header(&format!("x-ms-meta-{k}"), v.clone());
-        }
+        let op_meta = (OP, op.clone());
+        r = r.meta(meta.iter().chain([&op_meta]));
         let a = self.call(r, "copy into").await?;
         let mut status = match a.status {
             202 => a.header("x-ms-copy-status").unwrap_or("pending").to_string(),

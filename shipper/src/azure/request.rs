@@ -37,6 +37,14 @@ impl Req {
         self
     }
 
+    /// Metadata headers (`x-ms-meta-NAME`).
+    pub fn meta<'a>(mut self, meta: impl IntoIterator<Item = &'a (&'a str, String)>) -> Self {
+        for (k, v) in meta {
+            self.headers.push((format!("x-ms-meta-{k}"), v.clone()));
+        }
+        self
+    }
+
     pub fn query(mut self, q: &str) -> Self {
         self.url.set_query(Some(q));
         self

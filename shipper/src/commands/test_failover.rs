@@ -130,21 +130,17 @@ async fn into_blob(a: &Args, repo: &crate::repo::Repo, disk: &uuid::Uuid, to: cr
         progress: true,
         force: false,
     };
-    let restored = crate::restore::restore_to_blob(repo, disk, a.p.point, &to, o).await;
-    let checked = match restored {
-        Ok(rep) => {
-            println!(
-                "test failover: restored point {} of disk {} to {to} in {:.1}s",
-                rep.point, rep.disk_label, rep.seconds
-            );
-            let url = to.to_string();
-            a.check
-                .as_deref()
-                .map_or(Ok(true), |c| run_check(c, Path::new(&url), None))
-        }
-        // A failed restore deletes its blob itself.
-        Err(e) => return Err(e),
-    };
+    // A failed restore deletes its blob itself.
+    let rep = crate::restore::restore_to_blob(repo, disk, a.p.point, &to, o).await?;
+    println!(
+        "test failover: restored point {} of disk {} to {to} in {:.1}s",
+        rep.point, rep.disk_label, rep.seconds
+    );
+    let url = to.to_string();
+    let checked = a
+        .check
+        .as_deref()
+        .map_or(Ok(true), |c| run_check(c, Path::new(&url), None));
     if a.keep {
         println!("test failover: kept {to}");
     } else {

@@ -54,6 +54,22 @@ pub struct PlanReport {
     pub steps: Vec<Step>,
 }
 
+impl Step {
+    /// A step of `group` that names no disk (an action, a pause, a removal).
+    fn plain(group: &str, what: &str, t: Instant, ok: bool, detail: String) -> Self {
+        Step {
+            group: group.into(),
+            what: what.into(),
+            disk: None,
+            point: None,
+            target: None,
+            seconds: t.elapsed().as_secs_f64(),
+            ok,
+            detail,
+        }
+    }
+}
+
 struct Runner<'a> {
     repo: &'a Repo,
     plan: &'a Plan,
@@ -232,16 +248,7 @@ fn after(r: &mut Runner<'_>, group: &str, cmd: &str, members: &[Member]) -> bool
         Ok(s) => (false, format!("`{shown}` failed ({s}): the plan stops here")),
         Err(e) => (false, format!("`{shown}` could not start: {e}")),
     };
-    r.push(Step {
-        group: group.into(),
-        what: "after".into(),
-        disk: None,
-        point: None,
-        target: None,
-        seconds: t.elapsed().as_secs_f64(),
-        ok,
-        detail,
-    })
+    r.push(Step::plain(group, "after", t, ok, detail))
 }
 
 /// A pause before the next group: `--yes` goes on; on a terminal the
@@ -268,16 +275,7 @@ fn pause(r: &mut Runner<'_>, group: &str, next: &str) -> bool {
             format!("pause before {next:?}: not on a terminal; pass --yes to go on"),
         )
     };
-    r.push(Step {
-        group: group.into(),
-        what: "pause".into(),
-        disk: None,
-        point: None,
-        target: None,
-        seconds: t.elapsed().as_secs_f64(),
-        ok,
-        detail,
-    })
+    r.push(Step::plain(group, "pause", t, ok, detail))
 }
 
 /// Test runs: removes every target written.
@@ -290,14 +288,8 @@ async fn remove_all(r: &mut Runner<'_>) {
             Err(e) => (false, format!("not removed: {e}")),
         };
         r.push(Step {
-            group: String::new(),
-            what: "remove".into(),
-            disk: None,
-            point: None,
             target: Some(target),
-            seconds: t.elapsed().as_secs_f64(),
-            ok,
-            detail,
+            ..Step::plain("", "remove", t, ok, detail)
         });
     }
 }

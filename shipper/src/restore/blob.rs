@@ -10,7 +10,6 @@
 //! is never left looking like a disk.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -128,20 +127,8 @@ async fn write_vhd(j: &Job<'_>, virt: u64) -> Result<RestoreReport> {
     };
     let plan = plan(h, j.map, j.index, &[], &incomplete)?;
     let mut rep = RestoreReport {
-        disk: *j.disk,
-        disk_label: h.disk_label(),
-        point: j.seq,
-        kind: h.kind,
-        device_size: h.device_size,
-        chunks: h.device_size.div_ceil(h.chunk_size as u64),
-        stored_chunks: 0,
         zero_chunks: plan.zeros.len() as u64,
-        bytes_written: 0,
-        bytes_fetched: 0,
-        seconds: 0.0,
-        target: PathBuf::from(j.blob.url.to_string()),
-        compared: 0,
-        skipped: 0,
+        ..RestoreReport::new(*j.disk, j.seq, h, j.blob.url.to_string())
     };
     let t0 = Instant::now();
     let (total, fetches) = chunk_stream(j.repo, h, plan.by_pack);

@@ -172,20 +172,10 @@ async fn write_point(j: &Job<'_>, target: &Target) -> Result<RestoreReport> {
     let plan = plan(h, map, index, &skip, &incomplete)?;
     size_target(target, to, h, disk, seq)?;
     let mut rep = RestoreReport {
-        disk: *disk,
-        disk_label: h.disk_label(),
-        point: seq,
-        kind: h.kind,
-        device_size: h.device_size,
-        chunks,
-        stored_chunks: 0,
         zero_chunks: plan.zeros.len() as u64,
-        bytes_written: 0,
-        bytes_fetched: 0,
-        seconds: 0.0,
-        target: to.into(),
         compared: if only_differing { chunks } else { 0 },
         skipped: plan.skipped,
+        ..RestoreReport::new(*disk, seq, h, to)
     };
     if !target.fresh {
         let z = vec![0u8; csize as usize];

@@ -87,7 +87,29 @@ pub struct RestoreReport {
     pub skipped: u64,
 }
 
-/// Whether the target's chunk already holds what the point says.
+impl RestoreReport {
+    /// A report of point `seq` of `disk` (header `h`) onto `target`, with
+    /// nothing counted yet.
+    pub fn new(disk: Uuid, seq: u64, h: &manifest::PointHeader, target: impl Into<PathBuf>) -> Self {
+        RestoreReport {
+            disk,
+            disk_label: h.disk_label(),
+            point: seq,
+            kind: h.kind,
+            device_size: h.device_size,
+            chunks: h.device_size.div_ceil(h.chunk_size as u64),
+            stored_chunks: 0,
+            zero_chunks: 0,
+            bytes_written: 0,
+            bytes_fetched: 0,
+            seconds: 0.0,
+            target: target.into(),
+            compared: 0,
+            skipped: 0,
+        }
+    }
+}
+
 /// The newest point of `disk` taken at or before `before_ns` (tag time).
 pub async fn newest_before(repo: &Repo, disk: &Uuid, before_ns: u64) -> Result<u64> {
     for seq in manifest::list_points(repo, disk).await?.into_iter().rev() {

@@ -157,20 +157,9 @@ pub async fn copy_point(
     dst.copy_from(&src, Some(&snap), force, &meta).await?;
     let virt = azure::vhd::virtual_size(h.device_size);
     Ok(RestoreReport {
-        disk: *disk,
-        disk_label: h.disk_label(),
-        point: seq,
-        kind: h.kind,
-        device_size: h.device_size,
-        chunks: h.device_size.div_ceil(h.chunk_size as u64),
-        stored_chunks: 0,
-        zero_chunks: 0,
         bytes_written: virt + azure::vhd::FOOTER as u64,
-        bytes_fetched: 0,
         seconds: t0.elapsed().as_secs_f64(),
-        target: std::path::PathBuf::from(to.to_string()),
-        compared: 0,
-        skipped: 0,
+        ..RestoreReport::new(*disk, seq, &h, to.to_string())
     })
 }
 
