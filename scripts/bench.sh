@@ -37,8 +37,11 @@ azure)
 memory)
     exec bash scripts/bench-memory.sh
     ;;
+reboot)
+    exec bash scripts/bench-reboot.sh
+    ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | azure | memory" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | azure | memory | reboot" >&2
     exit 2
     ;;
 esac

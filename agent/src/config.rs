@@ -70,6 +70,10 @@ pub struct Settings {
     /// Prometheus endpoint address; "" for none [default: 127.0.0.1:9561].
     #[arg(long)]
     pub metrics_listen: Option<String>,
+    /// After a clean stop, continue without a resync when the device's
+    /// fingerprint still matches (ext4) [default: true].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub resume_after_clean_stop: Option<bool>,
     /// Warn (log, status, metrics) when the newest point is older than
     /// this; 0: never [default: 5m].
     #[arg(long)]
@@ -100,6 +104,8 @@ pub struct AgentConfig {
     pub app_points: bool,
     /// Address of the Prometheus endpoint; empty: none.
     pub metrics_listen: String,
+    /// Trust a clean stop's fingerprint instead of resyncing.
+    pub resume_after_clean_stop: bool,
     /// Warn (logs, status, metrics) when the newest point is older than
     /// this; zero: never.
     pub rpo_warn: Duration,
@@ -126,6 +132,7 @@ impl AgentConfig {
             segment_size: 64 << 20,
             app_points: false,
             metrics_listen: "127.0.0.1:9561".into(),
+            resume_after_clean_stop: true,
             rpo_warn: Duration::from_secs(300),
             config_path: None,
             group: None,
@@ -185,6 +192,9 @@ impl AgentConfig {
         }
         if let Some(v) = s.app_points {
             self.app_points = v;
+        }
+        if let Some(v) = s.resume_after_clean_stop {
+            self.resume_after_clean_stop = v;
         }
         if let Some(v) = &s.metrics_listen {
             self.metrics_listen = v.clone();

@@ -3,7 +3,8 @@
 //!
 //! The folders, leaves first (no module imports one that imports it back;
 //! `scripts/lint.sh` checks): `tracking/` (which blocks change), `capture/`
-//! (reading them), `point/` (the point protocol, freeze, hooks), `disk/`
+//! (reading them), `continuity/` (the clean-stop fingerprint), `point/`
+//! (the point protocol, freeze, hooks), `disk/`
 //! (a disk's worker and modes), `group/` (consistency groups over the
 //! network), `daemon/` (threads, sockets, metrics). See docs/architecture.md.
 
@@ -25,6 +26,7 @@ macro_rules! crash_point {
 
 pub mod capture;
 pub mod config;
+pub mod continuity;
 pub mod daemon;
 pub mod disk;
 pub mod error;

@@ -12,35 +12,6 @@ use hrl_testkit::{Need, Rng};
 
 const MIB: u64 = 1 << 20;
 
-/// Writes, overwrites and deletes files under `dir` until `deadline`,
-/// fsyncing most of them.
-fn file_workload(dir: &Path, deadline: Instant, seed: u64, max_files: u64, max_size: usize) -> u64 {
-    let mut rng = Rng(seed);
-    let mut buf = vec![0u8; max_size];
-    let mut written = 0u64;
-    while Instant::now() < deadline {
-        let p = dir.join(format!("f{}", rng.below(max_files)));
-        match rng.below(10) {
-            0 => {
-                let _ = std::fs::remove_file(&p);
-            }
-            _ => {
-                let n = 1 + rng.below(max_size as u64) as usize;
-                rng.fill(&mut buf[..n]);
-                use std::io::Write;
-                let mut f = std::fs::File::create(&p).unwrap();
-                f.write_all(&buf[..n]).unwrap();
-                if rng.below(4) != 0 {
-                    f.sync_all().unwrap();
-                }
-                written += n as u64;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    written
-}
-
 fn points_replay_to_the_frozen_hash(fs: &str, size: u64, secs: u64) {
     let dev = LoopDev::new(size, false);
     mkfs(fs, &dev.path);

@@ -59,7 +59,10 @@ fn install_then_uninstall_leaves_nothing_behind() {
     let unit = std::fs::read_to_string(at("/etc/systemd/system/hrl-agent.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/local/bin/hrl-agent run --config /etc/hrl/agent.toml"));
     assert!(unit.contains("Restart=on-failure"));
-    assert!(unit.contains("Before=local-fs.target"));
+    // After the mounts, before every ordinary service: the order the
+    // clean-stop fingerprint expects at shutdown and boot.
+    assert!(unit.contains("After=local-fs.target"));
+    assert!(unit.contains("Before=sysinit.target"));
     assert!(unit.contains("RequiresMountsFor=/var/spool/hrl"));
     // The examples parse: the agent stops at "no disk configured" (exit 2),
     // not at a syntax error.

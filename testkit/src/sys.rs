@@ -121,6 +121,13 @@ impl Mount {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+    /// Mounts `dev` again at the same place after [`Mount::umount`].
+    pub fn remount(&mut self, dev: &Path) {
+        if !self.mounted {
+            run("mount", &[dev.to_str().unwrap(), self.dir.path().to_str().unwrap()]);
+            self.mounted = true;
+        }
+    }
     pub fn umount(&mut self) {
         if self.mounted {
             run("umount", &[self.dir.path().to_str().unwrap()]);

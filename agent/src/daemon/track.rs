@@ -69,6 +69,7 @@ pub fn run_track(opts: &TrackOptions, stop: Arc<AtomicBool>) -> Result<TrackSumm
         opts.chunk_size,
         opts.buffer_kb,
         opts.rotate_bytes,
+        false,
     )?;
     let (mut dev, _lock, mut log, mut tracker, mut state, tracefs) =
         (s.dev, s.lock, s.log, s.tracker, s.state, s.tracefs);

@@ -13,6 +13,7 @@ mod points;
 pub mod setup;
 pub mod state;
 pub mod status;
+mod stop;
 pub mod worker;
 
 use std::sync::mpsc::Sender;

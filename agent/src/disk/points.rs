@@ -44,6 +44,7 @@ impl DiskWorker {
             }
             DiskMode::Paused => return refuse(format!("disk {} is paused", self.name)),
         }
+        self.refresh_freezer();
         match self.with_freezer(|w, f| take_point(w, f, app)) {
             Ok(r) => r,
             Err(e) => {
@@ -62,6 +63,7 @@ impl DiskWorker {
                 self.name, self.mode
             ));
         }
+        self.refresh_freezer();
         self.with_freezer(|w, f| match f {
             None => Err(format!(
                 "disk {} has no mounted filesystem: it cannot be frozen with its group",

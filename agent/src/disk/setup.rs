@@ -8,6 +8,7 @@ use hrl_format::{DiskMode, LogConfig, LogWriter, LossReason, ModeChange, Record}
 use uuid::Uuid;
 
 use super::state::DiskState;
+use crate::continuity::{self, Resumed};
 use crate::error::{AgentError, Result};
 use crate::tracking::device::BlockDevice;
 use crate::tracking::dirty::DirtyMap;
@@ -25,6 +26,10 @@ pub struct DiskSetup {
     pub state: DiskState,
     /// The disk was tracked here before (this start is a restart).
     pub previous: Option<DiskState>,
+    /// The previous clean stop's fingerprint matched: no resync.
+    pub resumed: Option<Resumed>,
+    /// Why this start began as it did (for `hrl-agent status`).
+    pub start: String,
     pub tracefs: Tracefs,
 }
 
@@ -54,7 +59,9 @@ impl DiskSetup {
     /// (recovering segments a crash left open), and starts tracking. Every
     /// completion after this returns is tracked. Writes the first records:
     /// `Mode(InitialSync)` for a new disk, `Lost` + `Mode(Resync)` for a
-    /// restart.
+    /// restart, or only the mode it resumes in when `resume_ok` and the
+    /// previous clean stop's fingerprint still matches the device.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         name: Option<&str>,
         device: &Path,
@@ -62,6 +69,7 @@ impl DiskSetup {
         chunk_size: u32,
         trace_buffer_kb: u32,
         segment_size: u64,
+        resume_ok: bool,
     ) -> Result<Self> {
         let dev = BlockDevice::open(device)?;
         let lock = DeviceLock::acquire(&dev)?;
@@ -91,6 +99,7 @@ impl DiskSetup {
                 clean_shutdown: false,
                 initial_sync_done: false,
                 last_point_seq: 0,
+                continuity: None,
             },
         };
         let mut cfg = LogConfig::new(spool, state.disk_id, chunk_size, dev.logical_block_size, dev.size);
@@ -107,26 +116,33 @@ impl DiskSetup {
         tracing::info!(disk = %name, id = %state.disk_id, device = %dev.path.display(), source = %crate::tracking::tracker::ChangeSource::describe(&source), "tracking");
         let dirty = Arc::new(DirtyMap::new(dev.size, chunk_size));
         let tracker = Tracker::new(Box::new(source), dirty.clone());
-        dirty.mark_all();
-        match &previous {
-            None => {
+        let (resumed, start) = start_mode(previous.as_ref(), resume_ok, &dev, &dirty, spool, &name);
+        match (&previous, &resumed) {
+            (None, _) => {
+                dirty.mark_all();
                 log.append(&Record::Mode(ModeChange {
                     mode: DiskMode::InitialSync,
                     time_ns: hrl_format::now_ns(),
                 }))?;
             }
-            Some(p) => {
-                let (reason, why) = if p.clean_shutdown {
-                    (
-                        LossReason::Restart,
-                        "agent restarted: writes while it was stopped are unknown",
-                    )
+            (Some(_), Some(r)) => {
+                tracing::info!(disk = %name, dirty_chunks = r.dirty_chunks, mode = ?r.mode, "continuing after a clean stop: the device's fingerprint matches, no resync");
+                log.append(&Record::Mode(ModeChange {
+                    mode: r.mode,
+                    time_ns: hrl_format::now_ns(),
+                }))?;
+            }
+            (Some(p), None) => {
+                let reason = if p.clean_shutdown {
+                    LossReason::Restart
                 } else {
-                    (LossReason::Unclean, "the previous agent run ended uncleanly")
+                    LossReason::Unclean
                 };
-                record_loss(&mut log, &dirty, reason, why.into())?;
+                tracing::warn!(disk = %name, "{start}");
+                record_loss(&mut log, &dirty, reason, start.clone())?;
             }
         }
+        state.continuity = None;
         state.clean_shutdown = false;
         state.device = dev.path.clone();
         state.save(spool)?;
@@ -139,9 +155,53 @@ impl DiskSetup {
             dirty,
             state,
             previous,
+            resumed,
+            start,
             tracefs,
         })
     }
+}
+
+/// Whether this start continues from the previous clean stop, and the
+/// sentence `hrl-agent status` shows about it.
+fn start_mode(
+    previous: Option<&DiskState>,
+    resume_ok: bool,
+    dev: &BlockDevice,
+    dirty: &DirtyMap,
+    spool: &Path,
+    name: &str,
+) -> (Option<Resumed>, String) {
+    let Some(p) = previous else {
+        return (
+            None,
+            "first start on this disk: the initial sync reads every chunk".into(),
+        );
+    };
+    if !p.clean_shutdown {
+        return (
+            None,
+            "restart after an unclean stop (crash, kill or power loss): the resync reads every chunk".into(),
+        );
+    }
+    let why = match (&p.continuity, resume_ok) {
+        (_, false) => "resume_after_clean_stop is off".to_string(),
+        (None, true) => "that stop recorded no fingerprint of the device".to_string(),
+        (Some(fp), true) => match continuity::resume(fp, dev, dirty, spool, name) {
+            Ok(r) => {
+                let s = format!(
+                    "restart after a clean stop: no resync (the device's fingerprint matched; {} dirty chunks carried over)",
+                    r.dirty_chunks
+                );
+                return (Some(r), s);
+            }
+            Err(e) => e,
+        },
+    };
+    (
+        None,
+        format!("restart after a clean stop: the resync reads every chunk because {why}"),
+    )
 }
 
 /// Bytes of `.hrl` files in the spool, bytes free on its filesystem, and

@@ -1,7 +1,8 @@
 //! Per-disk agent state kept in the spool: the disk's id (stable across
-//! restarts, so the shipper keeps one history per disk) and whether the
-//! last run ended cleanly. A restart always counts as loss: writes made
-//! while no agent ran are unknown.
+//! restarts, so the shipper keeps one history per disk), whether the last
+//! run ended cleanly and, if it did, the device's fingerprint at that stop
+//! (`crate::continuity`). A restart counts as loss unless that fingerprint
+//! still matches.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,10 @@ pub struct DiskState {
     /// never reused.
     #[serde(default)]
     pub last_point_seq: u64,
+    /// What the last clean stop recorded of the device, for the next start
+    /// (consumed by it: a crash after that start finds none).
+    #[serde(default)]
+    pub continuity: Option<crate::continuity::Fingerprint>,
 }
 
 /// Path of the state file of disk `name` in `spool`.

@@ -99,6 +99,7 @@ impl DiskWorker {
             agent.chunk_size,
             agent.trace_buffer_kb,
             agent.segment_size,
+            agent.resume_after_clean_stop,
         )?;
         let mount = match &cfg.mount {
             Some(m) => Some(m.clone()),
@@ -109,17 +110,10 @@ impl DiskWorker {
         let reader = ChunkReader::open(&s.dev.path, agent.chunk_size, s.dev.size, agent.capture_rate)?;
         tracing::info!(disk = %cfg.name, io_uring = reader.uses_io_uring(), o_direct = reader.direct, "capture reader");
         let hashes = CapturedHashes::open(&agent.spool.join(format!("{}.hashes", cfg.name)), s.dirty.chunks())?;
-        let mode = if s.previous.is_some() {
-            DiskMode::Resync
-        } else {
-            DiskMode::InitialSync
-        };
-        let start = match &s.previous {
-            None => "first start on this disk: the initial sync reads every chunk",
-            Some(p) if p.clean_shutdown => {
-                "restart after a clean stop: the resync reads every chunk (writes made while the agent was stopped are unknown)"
-            }
-            Some(_) => "restart after an unclean stop (crash, kill or power loss): the resync reads every chunk",
+        let (mode, scan) = match (&s.previous, &s.resumed) {
+            (_, Some(r)) => (r.mode, r.scan),
+            (Some(_), None) => (DiskMode::Resync, Some(0)),
+            (None, None) => (DiskMode::InitialSync, Some(0)),
         };
         let status = Arc::new(Mutex::new(DiskStatus {
             disk_id: s.state.disk_id,
@@ -129,7 +123,8 @@ impl DiskWorker {
             mode,
             dirty_bytes: s.dev.size,
             spool_limit: agent.spool_limit,
-            start: start.to_string(),
+            start: s.start.clone(),
+            scan_progress: scan.map(|c| c as f64 / s.dirty.chunks().max(1) as f64),
             ..DiskStatus::new(&cfg.name)
         }));
         let freezer = match &mount {
@@ -158,7 +153,7 @@ impl DiskWorker {
             hashes,
             state: s.state,
             mode,
-            scan: Some(0),
+            scan,
             resume: mode,
             spool_used: 0,
             spool_free: u64::MAX,
@@ -414,19 +409,6 @@ impl DiskWorker {
                 new: now,
             });
         }
-        Ok(())
-    }
-
-    fn shutdown(&mut self, clean: bool) -> Result<()> {
-        let _ = self.tracker.drain(&mut self.log);
-        self.sync_log()?;
-        self.hashes.save()?;
-        self.log.finish()?;
-        if clean {
-            self.state.clean_shutdown = true;
-            self.state.save(&self.agent.spool)?;
-        }
-        tracing::info!(disk = %self.name, points = self.counters.points_taken, captured = self.counters.capture_bytes, "stopped");
         Ok(())
     }
 }

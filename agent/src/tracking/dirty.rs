@@ -81,6 +81,25 @@ impl DirtyMap {
         }
     }
 
+    /// Number of 64-bit words of the map (for saving it).
+    pub fn word_count(&self) -> usize {
+        self.words.len()
+    }
+
+    /// Word `i` of the map: chunks `64 i ..= 64 i + 63`, bit 0 first.
+    pub fn word(&self, i: usize) -> u64 {
+        self.words[i].load(Ordering::Acquire)
+    }
+
+    /// Marks the chunks set in `v` in word `i` (bits past the device's
+    /// last chunk are ignored).
+    pub fn or_word(&self, i: usize, v: u64) {
+        let base = i as u64 * 64;
+        let n = (self.chunks - base).min(64);
+        let mask = if n == 64 { u64::MAX } else { (1u64 << n) - 1 };
+        self.words[i].fetch_or(v & mask, Ordering::AcqRel);
+    }
+
     /// Number of dirty chunks.
     pub fn count(&self) -> u64 {
         self.words
