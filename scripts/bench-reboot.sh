@@ -25,7 +25,7 @@ cleanup() {
     [ -n "$apid" ] && kill -TERM "$apid" 2>/dev/null && wait "$apid" 2>/dev/null || true
     mountpoint -q "$work/mnt" 2>/dev/null && umount "$work/mnt"
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
-    rm -rf "$work"
+    [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

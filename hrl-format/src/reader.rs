@@ -140,6 +140,37 @@ impl SegmentReader<BufReader<File>> {
     }
 }
 
+/// Whether the segment at `path` ends in a valid `Seal` record that
+/// names its own offset: a test that reads the header and the last 44
+/// bytes, so writer recovery (which only has unsealed segments to mend)
+/// need not read a spool of sealed segments whole at every start. The
+/// full read of a sealed segment happens when it is shipped.
+pub fn ends_sealed(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let f = File::open(path).map_err(|e| FormatError::io(path, "open", e))?;
+    let len = f.metadata().map_err(|e| FormatError::io(path, "stat", e))?.len();
+    let r = SegmentReader::new(
+        BufReader::with_capacity(4096, &f),
+        len,
+        path,
+        RecoveryMode::TolerateTornTail,
+    )?;
+    let tail = (FRAME_LEN + 32) as u64;
+    if len < r.pos + tail {
+        return Ok(false);
+    }
+    let mut b = [0u8; FRAME_LEN + 32];
+    f.read_exact_at(&mut b, len - tail)
+        .map_err(|e| FormatError::io(path, "read the tail", e))?;
+    let crc = u32::from_le_bytes(arr(&b[0..4]));
+    let plen = u32::from_le_bytes(arr(&b[4..8]));
+    let offset = u64::from_le_bytes(arr(&b[FRAME_LEN + 8..FRAME_LEN + 16]));
+    Ok(plen == 32
+        && b[8] == crate::record::rtype::SEAL
+        && offset == len - tail
+        && crc == record_crc(r.header.signature, &b[4..FRAME_LEN], &b[FRAME_LEN..]))
+}
+
 impl<'a> SegmentReader<&'a [u8]> {
     /// Reads a segment held in memory; `label` names it in errors.
     pub fn from_bytes(bytes: &'a [u8], label: &Path, mode: RecoveryMode) -> Result<Self> {

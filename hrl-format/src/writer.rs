@@ -464,6 +464,9 @@ impl LogWriter {
 /// was already sealed. Sealed but damaged segments are left alone: they are
 /// reported by readers, never rewritten.
 fn recover_segment(path: &Path, cfg: &LogConfig) -> Result<Option<RecoveredSegment>> {
+    if matches!(crate::reader::ends_sealed(path), Ok(true)) {
+        return Ok(None);
+    }
     let mut reader = match SegmentReader::open(path, RecoveryMode::TolerateTornTail) {
         Ok(r) => r,
         Err(FormatError::Corrupt { offset: 0, .. }) => {

@@ -80,6 +80,40 @@ fn writer_rotates_seals_and_sets_permissions() {
 }
 
 #[test]
+fn a_sealed_segment_is_known_from_its_tail_and_an_unsealed_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::new_v4();
+    let mut c = cfg(dir.path(), disk);
+    c.rotate_bytes = 1 << 30;
+    let mut w = LogWriter::open(c.clone()).unwrap();
+    for r in sample_records() {
+        w.append(&r).unwrap();
+    }
+    w.flush().unwrap();
+    let path = dir.path().join(segment_file_name(disk, w.current_seq()));
+    assert!(
+        !hrl_format::reader::ends_sealed(&path).unwrap(),
+        "a segment being written"
+    );
+    w.close().unwrap();
+    assert!(hrl_format::reader::ends_sealed(&path).unwrap());
+    // A flipped bit in the seal, or bytes after it: not sealed (recovery
+    // then reads the file and reports what it finds).
+    let good = std::fs::read(&path).unwrap();
+    let copy = dir.path().join("copy.hrl");
+    for (i, what) in [(good.len() - 30, "a flipped bit"), (good.len(), "a byte after")] {
+        let mut b = good.clone();
+        if i < b.len() {
+            b[i] ^= 1;
+        } else {
+            b.push(0);
+        }
+        std::fs::write(&copy, &b).unwrap();
+        assert!(!hrl_format::reader::ends_sealed(&copy).unwrap(), "{what}");
+    }
+}
+
+#[test]
 fn second_writer_for_the_same_disk_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let disk = Uuid::new_v4();
