@@ -2,9 +2,13 @@
 
 step() { printf '\n== %s\n' "$*"; }
 
-# Installs the Debian packages the tests and demo use, when missing.
+# Installs the Debian packages the tests and demo use, when missing;
+# `install_test_deps browser` adds chromium (the fleet page's browser test).
 install_test_deps() {
     local need=()
+    if [ "${1:-}" = browser ]; then
+        command -v chromium >/dev/null 2>&1 || need+=(chromium)
+    fi
     command -v fio >/dev/null 2>&1 || need+=(fio)
     command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
     command -v mkfs.xfs >/dev/null 2>&1 || need+=(xfsprogs)

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-install_test_deps
+install_test_deps browser
 
 step "structure check (scripts/lint.sh)"
 bash scripts/lint.sh

@@ -58,6 +58,12 @@ impl SegmentStream {
     /// was. An incomplete record at the end is left for later, not an error;
     /// a complete but damaged one is.
     pub fn take_whole(&mut self, bytes: &[u8]) -> Result<usize> {
+        self.take_whole_seen(bytes, &mut |_| {})
+    }
+
+    /// [`take_whole`](Self::take_whole) that shows `seen` every whole valid
+    /// record other than `Data` (which would cost a copy of its payload).
+    fn take_whole_seen(&mut self, bytes: &[u8], seen: &mut dyn FnMut(Record)) -> Result<usize> {
         let mut at = 0usize;
         if self.header.is_none() {
             let Ok(hlen) = FileHeader::declared_len(bytes) else {
@@ -106,8 +112,10 @@ impl SegmentStream {
                         )));
                     }
                     self.sealed = true;
+                    seen(Record::Seal(s));
                 }
-                FrameCheck::Valid(_) => {}
+                FrameCheck::Valid(Some(Record::Data(_))) | FrameCheck::Valid(None) => {}
+                FrameCheck::Valid(Some(r)) => seen(r),
             }
             self.records += 1;
             self.pos += end as u64;
@@ -119,8 +127,15 @@ impl SegmentStream {
     /// [`take_whole`](Self::take_whole) that refuses an incomplete record
     /// at the end: what a receiver stores must be whole records.
     pub fn accept(&mut self, bytes: &[u8]) -> Result<()> {
+        self.accept_seen(bytes).map(|_| ())
+    }
+
+    /// [`accept`](Self::accept) that also returns the records other than
+    /// `Data` it took (a receiver's view of modes, points and losses).
+    pub fn accept_seen(&mut self, bytes: &[u8]) -> Result<Vec<Record>> {
         let before = self.clone();
-        let n = self.take_whole(bytes)?;
+        let mut recs = Vec::new();
+        let n = self.take_whole_seen(bytes, &mut |r| recs.push(r))?;
         if n != bytes.len() {
             let at = self.pos;
             *self = before;
@@ -130,7 +145,7 @@ impl SegmentStream {
                 format!("{} bytes of an incomplete record at the end", bytes.len() - n),
             ));
         }
-        Ok(())
+        Ok(recs)
     }
 
     /// Length of the record (frame and payload) that starts `bytes`, from

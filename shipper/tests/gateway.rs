@@ -35,6 +35,11 @@ struct Gw {
 
 impl Gw {
     fn start(quota: &str) -> Gw {
+        Self::start_with(quota, "")
+    }
+
+    /// [`Gw::start`] with more lines of gateway.toml.
+    fn start_with(quota: &str, extra: &str) -> Gw {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -46,7 +51,7 @@ impl Gw {
         let repo_url = format!("file://{}", dir.path().join("repo").display());
         rt.block_on(Repo::init(&repo_url, &key, CHUNK, 1 << 20, 4)).unwrap();
         let f: GatewayFile = toml::from_str(&format!(
-            "listen = \"127.0.0.1:0\"\nrepo = {repo_url:?}\nkey_file = {:?}\nstate_dir = {:?}\nmachine_quota = {quota:?}\n",
+            "listen = \"127.0.0.1:0\"\nrepo = {repo_url:?}\nkey_file = {:?}\nstate_dir = {:?}\nmachine_quota = {quota:?}\n{extra}",
             key.display().to_string(),
             dir.path().join("state").display().to_string()
         ))
@@ -464,8 +469,14 @@ fn resets_and_stalls_on_the_way_lose_nothing_and_the_wire_is_only_tls() {
     );
 }
 
+#[path = "gateway/fleet.rs"]
+mod fleet;
+use fleet::the_fleet_view_shows_every_machine_and_its_alerts_to_the_admin_only;
+
 hrl_testkit::tests!(Nothing: [
     resets_and_stalls_on_the_way_lose_nothing_and_the_wire_is_only_tls,
     machines_forward_through_the_gateway_and_every_point_restores,
     every_peer_that_misbehaves_is_refused_and_changes_nothing,
+], Browser: [
+    the_fleet_view_shows_every_machine_and_its_alerts_to_the_admin_only,
 ]);

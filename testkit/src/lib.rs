@@ -33,6 +33,8 @@ pub enum Need {
     Azurite,
     /// Both.
     RootAzurite,
+    /// Headless Chromium (`chromium` on PATH; scripts/test.sh installs it).
+    Browser,
 }
 
 fn in_ci() -> bool {
@@ -60,6 +62,14 @@ pub fn azurite_missing() -> Option<&'static str> {
         .then_some("needs Azurite (AZURITE_BLOB_STORAGE_URL unset; scripts/test.sh starts it)")
 }
 
+/// The headless browser of the page tests: `chromium` on PATH.
+pub fn browser() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("chromium"))
+        .find(|p| p.is_file())
+}
+
 /// Why a test with `need` cannot run here (None: it runs).
 pub fn missing(need: Need) -> Option<&'static str> {
     match need {
@@ -67,6 +77,9 @@ pub fn missing(need: Need) -> Option<&'static str> {
         Need::Root => root_missing(),
         Need::Azurite => azurite_missing(),
         Need::RootAzurite => root_missing().or_else(azurite_missing),
+        Need::Browser => browser()
+            .is_none()
+            .then_some("needs chromium (scripts/test.sh installs it)"),
     }
 }
 

@@ -160,6 +160,16 @@ impl SpoolWriter {
             .expect("append tag");
     }
 
+    /// A mode change, as the agent logs it.
+    pub fn mode(&mut self, mode: hrl_format::DiskMode) {
+        self.w
+            .append(&Record::Mode(hrl_format::ModeChange {
+                mode,
+                time_ns: hrl_format::now_ns(),
+            }))
+            .expect("append mode");
+    }
+
     /// A hook's label for point `seq` (the next tag).
     pub fn label(&mut self, seq: u64, text: &str) {
         self.w

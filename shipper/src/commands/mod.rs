@@ -11,6 +11,7 @@ pub mod check;
 pub mod enroll;
 pub mod failback;
 pub mod failover;
+pub mod fleet;
 pub mod init;
 pub mod machines;
 pub mod points;
@@ -119,6 +120,9 @@ pub enum Cmd {
     Serve(serve::Args),
     /// On the process server: add (enrollment token), list or revoke machines.
     Machines(machines::Args),
+    /// The process server's fleet view: every machine and disk, RPO,
+    /// alerts (exit 1 when an alert is raised).
+    Fleet(fleet::Args),
     /// On a protected machine: pin the process server's certificate and
     /// trade an enrollment token for this machine's identity.
     Enroll(enroll::Args),
@@ -161,6 +165,7 @@ pub async fn dispatch(cmd: Cmd) -> Result<u8> {
         Cmd::Run(a) => run::run(*a).await,
         Cmd::Serve(a) => serve::run(a).await,
         Cmd::Machines(a) => machines::run(a).await,
+        Cmd::Fleet(a) => fleet::run(a).await,
         Cmd::Enroll(a) => enroll::run(a).await,
         Cmd::Status(a) => status::run(a),
         Cmd::Points(a) => points::run(a).await,

@@ -92,6 +92,15 @@ impl Answer {
 impl GatewayClient {
     /// A client that trusts only the certificate `fingerprint` names.
     pub fn new(url: &str, fingerprint: &str, auth: Option<(&str, &str)>) -> Result<Self> {
+        Self::with_authorization(url, fingerprint, auth.map(|(m, s)| format!("Bearer {m}:{s}")))
+    }
+
+    /// A client of the fleet view, with the admin credential.
+    pub fn admin(url: &str, fingerprint: &str, secret: &str) -> Result<Self> {
+        Self::with_authorization(url, fingerprint, Some(crate::gateway::admin::header(secret)))
+    }
+
+    fn with_authorization(url: &str, fingerprint: &str, auth: Option<String>) -> Result<Self> {
         let want = crate::gateway::tls::parse_fingerprint(fingerprint)?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -110,11 +119,7 @@ impl GatewayClient {
         if !url.starts_with("https://") {
             return Err(ShipError::Usage(format!("gateway {url:?}: expected https://HOST:PORT")));
         }
-        Ok(GatewayClient {
-            url,
-            http,
-            auth: auth.map(|(m, s)| format!("Bearer {m}:{s}")),
-        })
+        Ok(GatewayClient { url, http, auth })
     }
 
     fn unreachable(&self, e: reqwest::Error) -> ShipError {

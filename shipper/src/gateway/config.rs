@@ -10,11 +10,15 @@
 //! machine_quota = "20GiB"               # cache per machine; 0: none
 //! tls_cert = "/etc/hrl/gateway.crt"     # default: STATE_DIR/gateway.crt,
 //! tls_key = "/etc/hrl/gateway.key"      # created self-signed when missing
+//! rpo_warn = "5m"                       # fleet alert: newest published point older
+//! silent_after = "2m"                   # fleet alert: no contact from a machine
+//! stuck_after = "1h"                    # fleet alert: a disk in bitmap or resync
+//! webhook = "https://alerts.example/hrl" # optional: alerts POSTed as JSON
 //! ```
 
 use std::path::{Path, PathBuf};
 
-use hrl_common::ByteSize;
+use hrl_common::{ByteSize, HumanDuration};
 use serde::Deserialize;
 
 use super::tls::TlsFiles;
@@ -31,6 +35,30 @@ pub struct GatewayFile {
     pub machine_quota: Option<ByteSize>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    pub rpo_warn: Option<HumanDuration>,
+    pub silent_after: Option<HumanDuration>,
+    pub stuck_after: Option<HumanDuration>,
+    pub webhook: Option<String>,
+}
+
+/// Thresholds of the fleet view's alerts, and where alerts are sent.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    pub rpo_warn: std::time::Duration,
+    pub silent_after: std::time::Duration,
+    pub stuck_after: std::time::Duration,
+    pub webhook: Option<String>,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        FleetSettings {
+            rpo_warn: std::time::Duration::from_secs(300),
+            silent_after: std::time::Duration::from_secs(120),
+            stuck_after: std::time::Duration::from_secs(3600),
+            webhook: None,
+        }
+    }
 }
 
 /// Everything `serve` needs, flags and file merged.
@@ -43,6 +71,7 @@ pub struct GatewayConfig {
     pub cache_dir: PathBuf,
     pub machine_quota: u64,
     pub tls: TlsFiles,
+    pub fleet: FleetSettings,
 }
 
 /// The default state directory.
@@ -73,6 +102,13 @@ impl GatewayFile {
         let missing = |k: &str| ShipError::Usage(format!("serve needs {k} (a flag or in gateway.toml)"));
         let state_dir = self.state_dir();
         let tls = self.tls();
+        let d = FleetSettings::default();
+        let fleet = FleetSettings {
+            rpo_warn: self.rpo_warn.map_or(d.rpo_warn, Into::into),
+            silent_after: self.silent_after.map_or(d.silent_after, Into::into),
+            stuck_after: self.stuck_after.map_or(d.stuck_after, Into::into),
+            webhook: self.webhook,
+        };
         Ok(GatewayConfig {
             listen: self.listen.unwrap_or_else(|| "0.0.0.0:9443".into()),
             repo: self.repo.ok_or_else(|| missing("repo"))?,
@@ -81,6 +117,7 @@ impl GatewayFile {
             state_dir,
             machine_quota: self.machine_quota.map_or(0, |q| q.bytes()),
             tls,
+            fleet,
         })
     }
 }

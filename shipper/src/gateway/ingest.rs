@@ -210,7 +210,9 @@ impl Ingest {
     }
 
     /// Appends `bytes` at `offset` of segment `seq` of `machine`'s `disk`:
-    /// checked, written and fsynced. Returns the disk's progress after it.
+    /// checked, written and fsynced. Returns the disk's progress after it
+    /// and the records other than `Data` the bytes held (for the fleet
+    /// view).
     pub fn append(
         &self,
         machine: &str,
@@ -218,7 +220,7 @@ impl Ingest {
         seq: u64,
         offset: u64,
         bytes: &[u8],
-    ) -> std::result::Result<DiskProgress, Rejected> {
+    ) -> std::result::Result<(DiskProgress, Vec<hrl_format::Record>), Rejected> {
         self.check_quota(machine, bytes.len() as u64)?;
         let spool = self.spool(machine);
         let key = (machine.to_string(), *disk);
@@ -245,9 +247,10 @@ impl Ingest {
             return Err(Rejected::Conflict(progress(&open)?, why));
         }
         let before = seg.stream.clone();
-        if let Err(e) = seg.stream.accept(bytes) {
-            return Err(Rejected::Damaged(e.to_string()));
-        }
+        let seen = match seg.stream.accept_seen(bytes) {
+            Ok(r) => r,
+            Err(e) => return Err(Rejected::Damaged(e.to_string())),
+        };
         if offset == 0 {
             let named = seg.stream.header().map(|h| (h.disk_id, h.seq));
             if let Some((hd, hs)) = named.filter(|&(hd, hs)| hd != *disk || hs != seq) {
@@ -275,7 +278,7 @@ impl Ingest {
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400));
             crate::private_file::replace_private(&received_path(&spool, disk), format!("{done}\n").as_bytes())?;
         }
-        Ok(progress(&open)?)
+        Ok((progress(&open)?, seen))
     }
 
     /// Opens (after a restart) or creates the cache file of a segment.

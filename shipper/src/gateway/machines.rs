@@ -52,12 +52,12 @@ pub struct Registry {
     pub tokens: Vec<Token>,
 }
 
-fn sha_hex(s: &str) -> String {
+pub(super) fn sha_hex(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 /// Equal without an early exit, so timing tells nothing about a hash.
-fn same(a: &str, b: &str) -> bool {
+pub(super) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

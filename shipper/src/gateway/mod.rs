@@ -3,18 +3,27 @@
 //! machine's segments, and ships them all into the one repository.
 //!
 //! Owns: the TLS identity (`tls`), the machines and their secrets
-//! (`machines`), the cache (`ingest`), the HTTPS endpoint (`server`) and
-//! the ship loop over the cache (`ship`). Only this role holds the
+//! (`machines`), the cache (`ingest`), the HTTPS endpoint (`server`),
+//! the ship loop over the cache (`ship`), and the fleet view: what it saw
+//! of each disk (`observe`), the view and its alerts (`fleet`, `watch`),
+//! its pages (`page`, `view`) and credential (`admin`). Only this role holds the
 //! repository key and the storage credentials; a machine can append to its
 //! own disks' segments and read where they stand, nothing else. It never
 //! touches a block device. The protocol is in docs/process-server.md.
 
+pub mod admin;
 pub mod config;
+pub mod fleet;
 pub mod ingest;
 pub mod machines;
+pub mod observe;
+pub mod page;
 pub mod server;
 pub mod ship;
+pub mod state;
 pub mod tls;
+mod view;
+mod watch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,7 +57,12 @@ pub async fn serve(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<(Serving
     let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(certs, key)?);
     let repo = Repo::open(&cfg.repo, &cfg.key_file).await?;
     let ingest = ingest::Ingest::new(&cfg.cache_dir, cfg.machine_quota)?;
-    let gw = Arc::new(Gateway::new(cfg.state_dir.clone(), ingest, repo.clone())?);
+    let gw = Arc::new(Gateway::new(
+        cfg.state_dir.clone(),
+        ingest,
+        repo.clone(),
+        cfg.fleet.clone(),
+    )?);
     let listener = TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| ShipError::Usage(format!("listen on {}: {e}", cfg.listen)))?;
@@ -57,6 +71,7 @@ pub async fn serve(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<(Serving
         .map_err(|e| ShipError::io(&cfg.listen, "local address", e))?;
     tracing::info!(address = %addr, fingerprint = %fingerprint, repo = %repo.url, cache = %cfg.cache_dir.display(), "process server listening");
     let shipping = tokio::spawn(ship::ship_machines(repo, cfg.cache_dir.clone(), stop.clone()));
+    tokio::spawn(watch::watch(gw.clone(), stop.clone()));
     let task = tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;

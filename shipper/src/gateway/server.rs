@@ -9,12 +9,10 @@
 //! only write is an append at the exact end of a segment. Every refusal is
 //! logged with the machine's name and address.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -23,152 +21,17 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::ingest::{Ingest, Rejected};
+use super::ingest::Rejected;
 use super::machines::Registry;
-use crate::error::{Result, ShipError};
-use crate::repo::Repo;
+use super::state::{refuse, Reply};
+pub use super::state::{Body, Gateway};
+use crate::error::ShipError;
 use crate::restore::reader::PointReader;
 
 /// Largest range one request may carry: the largest record and some.
 pub const MAX_BODY: usize = 20 << 20;
 /// A request body must arrive within this (a stalled peer is dropped).
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The state every connection shares.
-pub struct Gateway {
-    pub state_dir: PathBuf,
-    pub ingest: Ingest,
-    pub repo: Repo,
-    registry: Mutex<(Option<SystemTime>, Registry)>,
-    contact: Mutex<HashMap<String, Instant>>,
-    /// The point each machine is reading (restore through the gateway).
-    readers: tokio::sync::Mutex<HashMap<String, Arc<PointReader>>>,
-}
-
-/// A 200 answer: JSON, or the bytes of a point's chunks.
-pub enum Body {
-    Json(Value),
-    Bytes(Vec<u8>),
-}
-
-/// An answer other than 200.
-struct Reply(StatusCode, Value);
-
-fn refuse(status: StatusCode, why: impl Into<String>) -> Reply {
-    Reply(status, json!({ "error": why.into() }))
-}
-
-impl Gateway {
-    pub fn new(state_dir: PathBuf, ingest: Ingest, repo: Repo) -> Result<Self> {
-        let reg = Registry::load(&state_dir)?;
-        Ok(Gateway {
-            state_dir,
-            ingest,
-            repo,
-            registry: Mutex::new((None, reg)),
-            contact: Mutex::new(HashMap::new()),
-            readers: tokio::sync::Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Refuses a disk that is not this machine's (reading never claims).
-    fn owned(&self, machine: &str, disk: &Uuid, peer: SocketAddr) -> std::result::Result<(), Reply> {
-        let reg = self
-            .registry()
-            .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        if reg.owner(disk) == Some(machine) {
-            return Ok(());
-        }
-        tracing::warn!(machine = %machine, peer = %peer, disk = %disk, "refused: reading a disk that is not this machine's");
-        Err(refuse(
-            StatusCode::FORBIDDEN,
-            format!("disk {disk} is not one of this machine's disks"),
-        ))
-    }
-
-    /// The registry, re-read when its file changed.
-    fn registry(&self) -> Result<Registry> {
-        let p = Registry::path(&self.state_dir);
-        let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
-        let mut g = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        if g.0 != mtime || mtime.is_none() {
-            *g = (mtime, Registry::load(&self.state_dir)?);
-        }
-        Ok(g.1.clone())
-    }
-
-    /// The machine a request authenticates as.
-    fn authenticate(&self, req: &Request<Incoming>, peer: SocketAddr) -> std::result::Result<String, Reply> {
-        let h = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let Some((name, secret)) = h.and_then(|v| v.split_once(':')) else {
-            tracing::warn!(peer = %peer, "refused: no machine credential");
-            return Err(refuse(StatusCode::UNAUTHORIZED, "no machine credential (enroll first)"));
-        };
-        let reg = self
-            .registry()
-            .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        if let Err(r) = reg.authenticate(name, secret) {
-            tracing::warn!(machine = %name, peer = %peer, reason = %r, "refused");
-            return Err(refuse(StatusCode::UNAUTHORIZED, format!("machine {name}: {r}")));
-        }
-        self.touch(name);
-        Ok(name.to_string())
-    }
-
-    /// Records the machine's last contact (at most every 30 s).
-    fn touch(&self, name: &str) {
-        let mut c = self.contact.lock().unwrap_or_else(|e| e.into_inner());
-        if c.get(name).is_some_and(|t| t.elapsed() < Duration::from_secs(30)) {
-            return;
-        }
-        c.insert(name.to_string(), Instant::now());
-        let now = hrl_format::now_ns();
-        let r = Registry::update(&self.state_dir, |r| {
-            if let Some(m) = r.machines.get_mut(name) {
-                m.last_contact_ns = Some(now);
-            }
-            Ok(())
-        });
-        if let Err(e) = r {
-            tracing::warn!(machine = %name, error = %e, "could not record the last contact");
-        }
-    }
-
-    /// Refuses a disk another machine sent; claims a new one.
-    fn own_disk(&self, machine: &str, disk: &Uuid, peer: SocketAddr) -> std::result::Result<(), Reply> {
-        let reg = self
-            .registry()
-            .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        match reg.owner(disk) {
-            Some(m) if m == machine => Ok(()),
-            Some(other) => {
-                tracing::warn!(machine = %machine, peer = %peer, disk = %disk, owner = %other, "refused: another machine's disk");
-                Err(refuse(
-                    StatusCode::FORBIDDEN,
-                    format!("disk {disk} belongs to another machine"),
-                ))
-            }
-            None => Registry::update(&self.state_dir, |r| {
-                if let Some(other) = r.owner(disk) {
-                    if other != machine {
-                        return Err(ShipError::Usage(format!("disk {disk} belongs to another machine")));
-                    }
-                    return Ok(());
-                }
-                if let Some(m) = r.machines.get_mut(machine) {
-                    m.disks.push(*disk);
-                }
-                tracing::info!(machine = %machine, disk = %disk, "new disk");
-                Ok(())
-            })
-            .map_err(|e| refuse(StatusCode::FORBIDDEN, e.to_string())),
-        }
-    }
-}
 
 /// Serves one connection's requests.
 pub async fn handle(
@@ -183,10 +46,19 @@ pub async fn handle(
             "application/json",
         ),
         Ok(Body::Bytes(b)) => (StatusCode::OK, b, "application/octet-stream"),
+        Ok(Body::Html(h)) => (StatusCode::OK, h.into_bytes(), "text/html; charset=utf-8"),
+        Ok(Body::Text(t)) => (StatusCode::OK, t.into_bytes(), "text/plain; version=0.0.4"),
         Err(Reply(s, v)) => (s, serde_json::to_vec(&v).unwrap_or_default(), "application/json"),
     };
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
+    if status == StatusCode::UNAUTHORIZED {
+        // A browser asks for the admin credential; machines send theirs.
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Basic realm=\"hrl fleet\""),
+        );
+    }
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(ctype),
@@ -214,6 +86,14 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
     let method = req.method().clone();
     if method == Method::POST && p == ["v1", "enroll"] {
         return enroll(gw, peer, req).await.map(Body::Json);
+    }
+    if method == Method::GET && super::view::is_admin_path(&p) {
+        let auth = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        return super::view::admin(gw, peer, auth.as_deref(), &p).await;
     }
     let machine = gw.authenticate(&req, peer);
     let query = req.uri().query().map(str::to_string);
@@ -377,7 +257,10 @@ async fn append(
     bytes: &[u8],
 ) -> std::result::Result<Value, Reply> {
     match gw.ingest.append(machine, &disk, seq, offset, bytes) {
-        Ok(p) => Ok(json!(p)),
+        Ok((p, seen)) => {
+            gw.fleet.seen.observe(machine, &disk, &seen, bytes.len() as u64);
+            Ok(json!(p))
+        }
         Err(Rejected::Conflict(p, why)) => Err(Reply(StatusCode::CONFLICT, json!({"error": why, "progress": p}))),
         Err(Rejected::Damaged(why)) => {
             tracing::warn!(machine = %machine, peer = %peer, disk = %disk, segment = seq, offset, error = %why, "refused damaged bytes");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::repo::Repo;
+use crate::ship::status::ShipStatus;
 use crate::ship::{ship, ShipOptions};
 
 /// Starts a ship task for every machine directory that appears under
@@ -41,6 +42,13 @@ async fn ship_one(repo: Repo, machine: String, spool: PathBuf, stop: Arc<AtomicB
     while !stop.load(Ordering::Relaxed) {
         let mut o = ShipOptions::new(&spool);
         o.poll = Duration::from_millis(100);
+        // The status file in the machine's cache spool is what the fleet
+        // view reads (published points, bytes not yet published).
+        o.status = Some(Arc::new(std::sync::Mutex::new(ShipStatus {
+            repo: repo.url.clone(),
+            pid: std::process::id(),
+            ..Default::default()
+        })));
         match ship(&repo, &o, &stop).await {
             Ok(rep) => {
                 tracing::info!(machine = %machine, points = rep.points_published, "ship loop ended");
