@@ -67,6 +67,10 @@ pub struct Settings {
     /// Periodic points are app points (the hooks run) rather than crash points.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     pub app_points: Option<bool>,
+    /// Make the periodic point an app point at most this often (crash
+    /// points in between); 0: only as app_points says [default: 0].
+    #[arg(long)]
+    pub app_point_interval: Option<HumanDuration>,
     /// Prometheus endpoint address; "" for none [default: 127.0.0.1:9561].
     #[arg(long)]
     pub metrics_listen: Option<String>,
@@ -102,6 +106,9 @@ pub struct AgentConfig {
     pub segment_size: u64,
     /// Periodic points are app points (hooks run) rather than crash points.
     pub app_points: bool,
+    /// A periodic point is an app point when this long has passed since
+    /// the last app point (zero: never by time).
+    pub app_point_interval: Duration,
     /// Address of the Prometheus endpoint; empty: none.
     pub metrics_listen: String,
     /// Trust a clean stop's fingerprint instead of resyncing.
@@ -131,6 +138,7 @@ impl AgentConfig {
             trace_buffer_kb: 4096,
             segment_size: 64 << 20,
             app_points: false,
+            app_point_interval: Duration::ZERO,
             metrics_listen: "127.0.0.1:9561".into(),
             resume_after_clean_stop: true,
             rpo_warn: Duration::from_secs(300),
@@ -175,6 +183,7 @@ impl AgentConfig {
         dur(s.hook_timeout, &mut self.hook_timeout);
         dur(s.hot_delay, &mut self.hot_delay);
         dur(s.rpo_warn, &mut self.rpo_warn);
+        dur(s.app_point_interval, &mut self.app_point_interval);
         let size = |v: Option<ByteSize>, d: &mut u64| {
             if let Some(v) = v {
                 *d = v.bytes();

@@ -358,6 +358,13 @@ fn status(json: bool, target: Target) -> Result<u8, AgentError> {
         if let Some(s) = d["start"].as_str().filter(|s| !s.is_empty()) {
             println!("  started: {s}");
         }
+        if let Some(m) = d["settings"].as_object().filter(|m| !m.is_empty()) {
+            let list: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k} {}", v.as_str().unwrap_or("?")))
+                .collect();
+            println!("  settings: {}", list.join(", "));
+        }
         if d["rpo_exceeded"].as_bool() == Some(true) {
             println!("  WARNING: RPO threshold exceeded: no point for longer than rpo_warn");
         }

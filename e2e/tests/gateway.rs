@@ -103,26 +103,22 @@ struct Machine {
 }
 
 fn machine(work: &Path, name: &str, gw_url: &str, fingerprint: &str, state: &Path) -> Machine {
+    machine_with(work, name, gw_url, fingerprint, state, &["--point-interval", "1500ms"])
+}
+
+/// [`machine`] whose agent gets `args` (after its device, spool, name,
+/// max-freeze and while-frozen hook).
+fn machine_with(work: &Path, name: &str, gw_url: &str, fingerprint: &str, state: &Path, args: &[&str]) -> Machine {
     let dev = LoopDev::new(96 * MIB, false);
     mkfs("ext4", &dev.path);
     let mount = Mount::new(&dev.path);
     let spool = work.join(format!("spool-{name}"));
     let shas = work.join(format!("shas-{name}"));
     std::fs::create_dir_all(&shas).unwrap();
-    let agent = Agent::run(
-        &dev.path,
-        &spool,
-        &[
-            "--name",
-            name,
-            "--point-interval",
-            "1500ms",
-            "--max-freeze",
-            "10s",
-            "--while-frozen",
-            &sha_hook(&shas),
-        ],
-    );
+    let hook = sha_hook(&shas);
+    let mut all = vec!["--name", name, "--max-freeze", "10s", "--while-frozen", &hook];
+    all.extend_from_slice(args);
+    let agent = Agent::run(&dev.path, &spool, &all);
     let identity = work.join(format!("{name}.id"));
     let token = work.join(format!("{name}.token"));
     let t = out(Command::new(shipper_bin()).args(["machines", "--state-dir", state.to_str().unwrap(), "add", name]));
@@ -162,11 +158,12 @@ fn machine(work: &Path, name: &str, gw_url: &str, fingerprint: &str, state: &Pat
     }
 }
 
-/// Ten simulated machines: 32 chunks each, the first 12 the same content
+/// `n` simulated machines: 32 chunks each, the first 12 the same content
 /// everywhere, 5 points; forwarded in process.
-fn simulated(rt: &tokio::runtime::Runtime, work: &Path, url: &str, fingerprint: &str, state: &Path) -> Vec<Uuid> {
+fn simulated(rt: &tokio::runtime::Runtime, work: &Path, gw: (&str, &str, &Path), n: u64) -> Vec<Uuid> {
+    let (url, fingerprint, state) = gw;
     let mut disks = Vec::new();
-    for i in 0..10u64 {
+    for i in 0..n {
         let host = format!("sim{i:02}");
         let spool = work.join(format!("spool-{host}"));
         std::fs::create_dir_all(&spool).unwrap();
@@ -198,6 +195,37 @@ fn simulated(rt: &tokio::runtime::Runtime, work: &Path, url: &str, fingerprint: 
     disks
 }
 
+/// An `hrl-shipper serve` process on a free loopback port for `repo`;
+/// `extra` adds flags. Returns it with its URL and fingerprint.
+fn gateway(w: &Path, repo: &str, key: &Path, state: &Path, extra: &[&str]) -> (Proc, String, String) {
+    let fingerprint =
+        out(Command::new(shipper_bin()).args(["serve", "--state-dir", state.to_str().unwrap(), "--fingerprint"]));
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args: Vec<String> = [
+        "serve",
+        "--listen",
+        &listen,
+        "--repo",
+        repo,
+        "--key-file",
+        key.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]
+    .map(str::to_string)
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let mut gw = Proc {
+        args,
+        port: Some(port),
+        log: w.join("gateway.log"),
+        child: None,
+    };
+    gw.start();
+    (gw, format!("https://127.0.0.1:{port}"), fingerprint)
+}
+
 fn wait_published(rt: &tokio::runtime::Runtime, repo: &Repo, disk: &Uuid, n: usize, within: Duration) -> Vec<u64> {
     let t = Instant::now();
     loop {
@@ -227,34 +255,12 @@ fn a_fleet_forwards_through_a_gateway_killed_and_restarted_and_every_point_is_ex
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(Repo::init(&url, &key, CHUNK, 4 << 20, 8)).unwrap();
     let state = w.join("gw-state");
-    let fingerprint =
-        out(Command::new(shipper_bin()).args(["serve", "--state-dir", state.to_str().unwrap(), "--fingerprint"]));
-    let port = free_port();
-    let mut gw = Proc {
-        args: [
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--repo",
-            &url,
-            "--key-file",
-            key.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
-        ]
-        .map(str::to_string)
-        .to_vec(),
-        port: Some(port),
-        log: w.join("gateway.log"),
-        child: None,
-    };
-    gw.start();
-    let gw_url = format!("https://127.0.0.1:{port}");
+    let (mut gw, gw_url, fingerprint) = gateway(w, &url, &key, &state, &[]);
     let mut real = vec![
         machine(w, "alpha", &gw_url, &fingerprint, &state),
         machine(w, "beta", &gw_url, &fingerprint, &state),
     ];
-    let sims = simulated(&rt, w, &gw_url, &fingerprint, &state);
+    let sims = simulated(&rt, w, (&gw_url, &fingerprint, &state), 10);
     // The workload on both filesystems while the gateway and forwarders die.
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = real
@@ -379,4 +385,11 @@ fn a_fleet_forwards_through_a_gateway_killed_and_restarted_and_every_point_is_ex
     gw.kill9();
 }
 
-hrl_testkit::tests!(RootAzurite: [a_fleet_forwards_through_a_gateway_killed_and_restarted_and_every_point_is_exact]);
+#[path = "gateway/policy.rs"]
+mod policy;
+use policy::a_policy_set_on_the_gateway_drives_the_agents_points_and_retention;
+
+hrl_testkit::tests!(
+    RootAzurite: [a_fleet_forwards_through_a_gateway_killed_and_restarted_and_every_point_is_exact],
+    Root: [a_policy_set_on_the_gateway_drives_the_agents_points_and_retention],
+);

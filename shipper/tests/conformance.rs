@@ -218,6 +218,7 @@ async fn prune_beside_a_running_shipper_keeps_every_kept_point_restorable(backen
                 keep_within: Some(std::time::Duration::from_secs(1800)),
                 ..Default::default()
             },
+            per_disk: Default::default(),
             dry_run: false,
             grace: std::time::Duration::from_millis(300),
             pack_grace: std::time::Duration::ZERO,

@@ -1,8 +1,11 @@
 //! The control socket: `{spool}/hrl-agent.sock`, mode 0600, one JSON request
 //! line and one JSON answer line per connection.
 //!
-//! Requests: `{"cmd":"point","disk":"NAME","app":true}` and
-//! `{"cmd":"status"}`.
+//! Requests: `{"cmd":"point","disk":"NAME","app":true}`,
+//! `{"cmd":"status"}`, and `{"cmd":"policy","policy":"NAME",
+//! "point_interval_s":2,"app_point_interval_s":3600,"rpo_warn_s":300}`
+//! (the process server's policy, sent by the forwarder; a key that is
+//! null or absent goes back to the agent's config).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -95,6 +98,15 @@ fn handle(s: UnixStream, disks: &[DiskHandle]) -> std::io::Result<()> {
         Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
         Ok(req) => match req["cmd"].as_str() {
             Some("status") => status_json(disks),
+            Some("policy") => match crate::disk::policy::PolicyOverride::from_json(&req) {
+                Err(e) => json!({"ok": false, "error": format!("bad policy: {e}")}),
+                Ok(p) => {
+                    for d in disks {
+                        let _ = d.requests.send(Request::Policy(p.clone()));
+                    }
+                    json!({"ok": true, "disks": disks.len()})
+                }
+            },
             Some("point") => {
                 let name = req["disk"].as_str().unwrap_or_default();
                 let app = req["app"].as_bool().unwrap_or(false);
@@ -115,7 +127,7 @@ fn handle(s: UnixStream, disks: &[DiskHandle]) -> std::io::Result<()> {
                     }
                 }
             }
-            _ => json!({"ok": false, "error": "unknown cmd (point, status)"}),
+            _ => json!({"ok": false, "error": "unknown cmd (point, status, policy)"}),
         },
     };
     let mut w = &s;

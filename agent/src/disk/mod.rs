@@ -10,6 +10,8 @@
 
 mod copy;
 mod points;
+pub mod policy;
+mod settings;
 pub mod setup;
 pub mod state;
 pub mod status;
@@ -45,6 +47,8 @@ pub enum Request {
     },
     /// Group point, step 2: freeze and wait for the coordinator's decision.
     GroupFreeze(Box<FreezeJob>),
+    /// The process server's policy, applied by the forwarder.
+    Policy(policy::PolicyOverride),
 }
 /// A disk the control socket and the group member can reach.
 #[derive(Clone)]

@@ -30,6 +30,8 @@ pub struct DiskStatus {
     pub scan_end_ns: Option<u64>,
     /// Why this start began with an initial sync or a resync.
     pub start: String,
+    /// The keys a policy may set: value and source (config or policy NAME).
+    pub settings: std::collections::BTreeMap<String, String>,
     pub last_point: Option<LastPoint>,
     pub points_taken: u64,
     pub points_aborted: u64,
@@ -61,6 +63,7 @@ impl DiskStatus {
             scan_progress: Some(0.0),
             scan_end_ns: None,
             start: String::new(),
+            settings: Default::default(),
             last_point: None,
             points_taken: 0,
             points_aborted: 0,

@@ -75,6 +75,12 @@ pub struct DiskWorker {
     pub(crate) counters: Counters,
     pub(super) started_ns: u64,
     pub(super) rpo_warned: Option<Instant>,
+    /// The agent's own values of what a policy may set.
+    pub(super) own: super::policy::Own,
+    /// The process server's policy (empty: none applied).
+    pub(super) policy: super::policy::PolicyOverride,
+    /// When the periodic point is next an app point (app_point_interval).
+    pub(super) next_app: Option<Instant>,
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -138,7 +144,12 @@ impl DiskWorker {
             }
         };
         let now = Instant::now();
-        Ok(DiskWorker {
+        let own = super::policy::Own {
+            point_interval: agent.point_interval,
+            app_point_interval: agent.app_point_interval,
+            rpo_warn: agent.rpo_warn,
+        };
+        let mut w = DiskWorker {
             name: cfg.name.clone(),
             cfg: cfg.clone(),
             agent: agent.clone(),
@@ -172,7 +183,12 @@ impl DiskWorker {
             counters: Counters::default(),
             started_ns: hrl_format::now_ns(),
             rpo_warned: None,
-        })
+            own,
+            policy: Default::default(),
+            next_app: None,
+        };
+        w.show_settings();
+        Ok(w)
     }
 
     pub fn status_handle(&self) -> Arc<Mutex<DiskStatus>> {
@@ -371,17 +387,16 @@ impl DiskWorker {
                         tracing::info!(disk = %self.name, capture_rate, rpo_warn = ?rpo_warn, "configuration reloaded");
                         self.reader.set_rate(capture_rate);
                         self.agent.capture_rate = capture_rate;
-                        self.agent.rpo_warn = rpo_warn;
+                        self.own.rpo_warn = rpo_warn;
+                        self.apply_policy(self.policy.clone());
                     }
+                    Request::Policy(p) => self.apply_policy(p),
                 }
             }
             if !self.agent.point_interval.is_zero() && Instant::now() >= self.next_point {
                 self.next_point = Instant::now() + self.agent.point_interval;
                 if self.mode == DiskMode::Data {
-                    let r = self.point_request(self.agent.app_points);
-                    if !r.ok {
-                        tracing::warn!(disk = %self.name, error = ?r.error, "periodic point not taken");
-                    }
+                    self.periodic_point();
                 }
             }
             if self.last_sync.elapsed() >= Duration::from_secs(1) {
@@ -395,6 +410,23 @@ impl DiskWorker {
             }
         }
         Ok(())
+    }
+
+    /// The periodic point: an app point when app_points says so or
+    /// app_point_interval has passed since the last one, else a crash point.
+    fn periodic_point(&mut self) {
+        let every = self.agent.app_point_interval;
+        let at = Instant::now();
+        let due = !every.is_zero() && self.next_app.is_none_or(|t| at >= t);
+        let app = self.agent.app_points || due;
+        let r = self.point_request(app);
+        if !r.ok {
+            tracing::warn!(disk = %self.name, error = ?r.error, "periodic point not taken");
+        } else if due {
+            // From when this point was due, as the periodic timer counts:
+            // app points every `every`, not every `every` + a point's time.
+            self.next_app = Some(at + every);
+        }
     }
 
     /// A device that changed size (or vanished: size 0, or it cannot be

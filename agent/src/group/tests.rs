@@ -84,7 +84,7 @@ fn slow_worker(
                     };
                     let _ = job.done.send(reply);
                 }
-                Request::Point { .. } | Request::Reload { .. } => {}
+                Request::Point { .. } | Request::Reload { .. } | Request::Policy(_) => {}
             }
         }
     });

@@ -20,6 +20,9 @@ pub struct Args {
     /// Keep the newest point of each of the last N days (UTC).
     #[arg(long)]
     keep_daily: Option<u64>,
+    /// Keep the newest point of each of the last N weeks.
+    #[arg(long)]
+    keep_weekly: Option<u64>,
     /// Say what would go; change nothing (takes no lock).
     #[arg(long)]
     dry_run: bool,
@@ -42,7 +45,9 @@ pub async fn run(a: Args) -> Result<u8> {
             keep_within: a.keep_within.map(Into::into),
             keep_hourly: a.keep_hourly,
             keep_daily: a.keep_daily,
+            keep_weekly: a.keep_weekly,
         },
+        per_disk: Default::default(),
         dry_run: a.dry_run,
         grace: a.grace.into(),
         pack_grace: a.pack_grace.into(),

@@ -4,13 +4,15 @@
 //! the repository key.
 //!
 //! Owns: the machine's identity (`identity`), the pinned HTTPS client
-//! (`client`), the follow-and-send loop (`run`) and restore through the
-//! gateway (`restore`). It reads the spool and
+//! (`client`), the follow-and-send loop (`run`), the gateway's policy
+//! handed to the local agent (`policy`) and restore through the gateway
+//! (`restore`). It reads the spool and
 //! deletes a segment only after the gateway holds it whole and durable; it
 //! never talks to blob storage and never touches a device.
 
 pub mod client;
 pub mod identity;
+pub mod policy;
 pub mod restore;
 pub mod run;
 

@@ -73,7 +73,11 @@ pub async fn forward(id: &Identity, opts: &ForwardOptions, stop: &AtomicBool) ->
     let mut disks: HashMap<Uuid, DiskForward> = HashMap::new();
     let mut report = ForwardReport::default();
     let mut backoff = Duration::from_millis(500);
+    let mut policy = super::policy::PolicySync::default();
     while !stop.load(Ordering::Relaxed) {
+        if !opts.once {
+            policy.tick(&client, &opts.spool).await;
+        }
         let mut any = false;
         let mut failed = None;
         for d in hrl_format::list_disks(&opts.spool)? {

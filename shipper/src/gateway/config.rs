@@ -14,6 +14,7 @@
 //! silent_after = "2m"                   # fleet alert: no contact from a machine
 //! stuck_after = "1h"                    # fleet alert: a disk in bitmap or resync
 //! webhook = "https://alerts.example/hrl" # optional: alerts POSTed as JSON
+//! policy_file = "/etc/hrl/policies.toml" # replication policies (gateway/policy.rs)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ pub struct GatewayFile {
     pub silent_after: Option<HumanDuration>,
     pub stuck_after: Option<HumanDuration>,
     pub webhook: Option<String>,
+    pub policy_file: Option<PathBuf>,
 }
 
 /// Thresholds of the fleet view's alerts, and where alerts are sent.
@@ -72,6 +74,8 @@ pub struct GatewayConfig {
     pub machine_quota: u64,
     pub tls: TlsFiles,
     pub fleet: FleetSettings,
+    /// Replication policies, watched (None: agents keep their own config).
+    pub policy_file: Option<PathBuf>,
 }
 
 /// The default state directory.
@@ -109,6 +113,7 @@ impl GatewayFile {
             stuck_after: self.stuck_after.map_or(d.stuck_after, Into::into),
             webhook: self.webhook,
         };
+        let policy_file = self.policy_file;
         Ok(GatewayConfig {
             listen: self.listen.unwrap_or_else(|| "0.0.0.0:9443".into()),
             repo: self.repo.ok_or_else(|| missing("repo"))?,
@@ -118,6 +123,7 @@ impl GatewayFile {
             machine_quota: self.machine_quota.map_or(0, |q| q.bytes()),
             tls,
             fleet,
+            policy_file,
         })
     }
 }

@@ -6,7 +6,8 @@
 //! (`machines`), the cache (`ingest`), the HTTPS endpoint (`server`),
 //! the ship loop over the cache (`ship`), and the fleet view: what it saw
 //! of each disk (`observe`), the view and its alerts (`fleet`, `watch`),
-//! its pages (`page`, `view`) and credential (`admin`). Only this role holds the
+//! its pages (`page`, `view`) and credential (`admin`); replication
+//! policies (`policy`) and retention by policy (`retention`). Only this role holds the
 //! repository key and the storage credentials; a machine can append to its
 //! own disks' segments and read where they stand, nothing else. It never
 //! touches a block device. The protocol is in docs/process-server.md.
@@ -18,6 +19,8 @@ pub mod ingest;
 pub mod machines;
 pub mod observe;
 pub mod page;
+pub mod policy;
+pub mod retention;
 pub mod server;
 pub mod ship;
 pub mod state;
@@ -62,6 +65,7 @@ pub async fn serve(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<(Serving
         ingest,
         repo.clone(),
         cfg.fleet.clone(),
+        policy::Policies::open(cfg.policy_file.clone())?,
     )?);
     let listener = TcpListener::bind(&cfg.listen)
         .await
@@ -72,6 +76,7 @@ pub async fn serve(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<(Serving
     tracing::info!(address = %addr, fingerprint = %fingerprint, repo = %repo.url, cache = %cfg.cache_dir.display(), "process server listening");
     let shipping = tokio::spawn(ship::ship_machines(repo, cfg.cache_dir.clone(), stop.clone()));
     tokio::spawn(watch::watch(gw.clone(), stop.clone()));
+    tokio::spawn(retention::schedule(gw.clone(), stop.clone()));
     let task = tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
             let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;

@@ -115,22 +115,11 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
     let internal = |e: ShipError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     match (&method, p.as_slice()) {
         (&Method::GET, ["v1", "disks"]) => own_disks(gw, &machine).await.map(Body::Json),
+        (&Method::GET, ["v1", "policy"]) => Ok(Body::Json(gw.policy_for(&machine))),
         (&Method::GET, ["v1", "disks", d, "points"]) => {
             let d = disk(d)?;
             gw.owned(&machine, &d, peer)?;
-            let mut out = Vec::new();
-            for seq in crate::repo::manifest::list_points(&gw.repo, &d)
-                .await
-                .map_err(internal)?
-            {
-                out.push(
-                    crate::repo::manifest::load(&gw.repo, &d, seq)
-                        .await
-                        .map_err(internal)?
-                        .0,
-                );
-            }
-            Ok(Body::Json(json!(out)))
+            own_points(gw, &d).await.map_err(internal).map(Body::Json)
         }
         (&Method::GET, ["v1", "disks", d, "points", s, "chunks"]) => {
             let d = disk(d)?;
@@ -173,6 +162,15 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
             ))
         }
     }
+}
+
+/// The headers of every published point of a disk (its owner asked).
+async fn own_points(gw: &Gateway, d: &Uuid) -> crate::error::Result<Value> {
+    let mut out = Vec::new();
+    for seq in crate::repo::manifest::list_points(&gw.repo, d).await? {
+        out.push(crate::repo::manifest::load(&gw.repo, d, seq).await?.0);
+    }
+    Ok(json!(out))
 }
 
 /// `from=I&count=N` of a chunks request.

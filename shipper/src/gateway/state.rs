@@ -34,6 +34,8 @@ pub struct Gateway {
     pub fleet: super::fleet::Fleet,
     /// The fleet view's credential (never logged).
     pub(super) admin_secret: String,
+    /// The policy file, re-read when it changes.
+    pub policies: super::policy::Policies,
 }
 
 /// A 200 answer: JSON, the bytes of a point's chunks, a fleet page, or
@@ -53,13 +55,20 @@ pub(super) fn refuse(status: StatusCode, why: impl Into<String>) -> Reply {
 }
 
 impl Gateway {
-    pub fn new(state_dir: PathBuf, ingest: Ingest, repo: Repo, fleet: super::config::FleetSettings) -> Result<Self> {
+    pub fn new(
+        state_dir: PathBuf,
+        ingest: Ingest,
+        repo: Repo,
+        fleet: super::config::FleetSettings,
+        policies: super::policy::Policies,
+    ) -> Result<Self> {
         let reg = Registry::load(&state_dir)?;
         let admin_secret = super::admin::load_or_create(&state_dir)?;
         let fleet = super::fleet::Fleet::new(fleet, ingest.root());
         Ok(Gateway {
             fleet,
             admin_secret,
+            policies,
             state_dir,
             ingest,
             repo,
@@ -83,6 +92,22 @@ impl Gateway {
             StatusCode::FORBIDDEN,
             format!("disk {disk} is not one of this machine's disks"),
         ))
+    }
+
+    /// What `GET /v1/policy` answers `machine`: its policy's name and the
+    /// settings its agent applies (None where the agent keeps its own).
+    pub fn policy_for(&self, machine: &str) -> Value {
+        let secs = |d: Option<hrl_common::HumanDuration>| d.map(|d| Duration::from(d).as_secs_f64());
+        match self.policies.current().for_machine(machine) {
+            None => json!({ "policy": null, "renew_s": super::policy::RENEW.as_secs() }),
+            Some((name, p)) => json!({
+                "policy": name,
+                "point_interval_s": secs(p.point_interval),
+                "app_point_interval_s": secs(p.app_point_interval),
+                "rpo_warn_s": secs(p.rpo_warn),
+                "renew_s": super::policy::RENEW.as_secs(),
+            }),
+        }
     }
 
     /// The fleet view now.

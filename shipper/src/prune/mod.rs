@@ -51,11 +51,17 @@ pub struct Policy {
     pub keep_hourly: Option<u64>,
     /// The newest point of each of the last N days (UTC) that have points.
     pub keep_daily: Option<u64>,
+    /// The newest point of each of the last N weeks that have points
+    /// (weeks counted from the Unix epoch: Thursday 00:00 UTC).
+    pub keep_weekly: Option<u64>,
 }
 
 impl Policy {
     pub fn is_empty(&self) -> bool {
-        self.keep_within.is_none() && self.keep_hourly.is_none() && self.keep_daily.is_none()
+        self.keep_within.is_none()
+            && self.keep_hourly.is_none()
+            && self.keep_daily.is_none()
+            && self.keep_weekly.is_none()
     }
 
     /// The sequences to keep among `points` (seq, time_ns), at `now_ns`.
@@ -71,6 +77,7 @@ impl Policy {
         for (n, bucket_ns) in [
             (self.keep_hourly, 3_600_000_000_000u64),
             (self.keep_daily, 86_400_000_000_000),
+            (self.keep_weekly, 7 * 86_400_000_000_000),
         ] {
             let Some(n) = n else { continue };
             // Newest point per bucket, newest buckets first.
@@ -91,6 +98,9 @@ impl Policy {
 #[derive(Debug, Clone)]
 pub struct PruneOptions {
     pub policy: Policy,
+    /// A disk's own policy (the process server's, per machine); a disk
+    /// whose policy is empty keeps every point.
+    pub per_disk: HashMap<Uuid, Policy>,
     pub dry_run: bool,
     /// Wait after taking the lock, for shippers mid-publish.
     pub grace: Duration,
@@ -111,12 +121,14 @@ pub struct PruneReport {
     pub bytes_deleted: u64,
     pub index_objects_replaced: u64,
     pub dry_run: bool,
+    /// The time the policy was applied at (ns since the epoch).
+    pub reference_ns: u64,
 }
 
 pub async fn prune(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
-    if opts.policy.is_empty() {
+    if opts.policy.is_empty() && opts.per_disk.values().all(Policy::is_empty) {
         return Err(ShipError::Usage(
-            "prune needs a policy: --keep-within, --keep-hourly and/or --keep-daily".into(),
+            "prune needs a policy: --keep-within, --keep-hourly, --keep-daily and/or --keep-weekly".into(),
         ));
     }
     if !opts.dry_run {
@@ -140,6 +152,7 @@ async fn prune_locked(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
         tokio::time::sleep(opts.grace).await;
     }
     let now = hrl_format::now_ns();
+    rep.reference_ns = now;
     let mut referenced: HashSet<ChunkId> = HashSet::new();
     for disk in manifest::list_disks(repo).await? {
         rep.disks += 1;
@@ -189,7 +202,12 @@ async fn prune_disk(
         points.push(manifest::load(repo, &disk, s).await?);
     }
     let times: Vec<(u64, u64)> = points.iter().map(|(h, _)| (h.seq, h.time_ns)).collect();
-    let keep = opts.policy.keep(&times, now);
+    let policy = opts.per_disk.get(&disk).unwrap_or(&opts.policy);
+    let keep: HashSet<u64> = if policy.is_empty() {
+        times.iter().map(|t| t.0).collect()
+    } else {
+        policy.keep(&times, now)
+    };
     let mut full: BTreeMap<u64, ChunkRef> = BTreeMap::new();
     // Whether the chain from the last kept checkpoint is intact.
     let mut chain_ok = false;
@@ -319,6 +337,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(p.keep(&pts, now), HashSet::from([29]));
+        // A point a day for 30 days: the newest of each of the last 2 weeks.
+        let d = 24 * H;
+        let days: Vec<(u64, u64)> = (0..30).map(|i| (i, i * d)).collect();
+        let p = Policy {
+            keep_weekly: Some(2),
+            ..Default::default()
+        };
+        // Weeks are days 0-6, 7-13, ..., 28-29: newest of the last two are 29 and 27.
+        assert_eq!(p.keep(&days, 30 * d), HashSet::from([29, 27]));
         assert!(Policy::default().is_empty());
     }
 }

@@ -215,7 +215,10 @@ pub fn the_fleet_view_shows_every_machine_and_its_alerts_to_the_admin_only() {
     // Metrics name machines and disks, and every query of the Grafana
     // dashboard names a metric the gateway exports.
     let metrics = String::from_utf8(gw.rt.block_on(admin.get_bytes("/metrics")).unwrap()).unwrap();
-    assert!(metrics.contains("hrl_fleet_rpo_seconds{machine=\"db01\",disk=\"db01/data\"}"), "{metrics}");
+    assert!(
+        metrics.contains("hrl_fleet_rpo_seconds{machine=\"db01\",disk=\"db01/data\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("kind=\"point-aborted\""), "{metrics}");
     let dash: Value = serde_json::from_str(
         &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/grafana/hrl-fleet.json")).unwrap(),
@@ -235,7 +238,10 @@ pub fn the_fleet_view_shows_every_machine_and_its_alerts_to_the_admin_only() {
             .collect();
         assert!(!names.is_empty(), "dashboard query {e:?} names no hrl metric");
         for n in names {
-            assert!(metrics.contains(&format!("# TYPE {n} ")), "dashboard query {e:?}: the gateway exports no {n}");
+            assert!(
+                metrics.contains(&format!("# TYPE {n} ")),
+                "dashboard query {e:?}: the gateway exports no {n}"
+            );
         }
     }
 
