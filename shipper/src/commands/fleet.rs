@@ -100,7 +100,7 @@ fn print_table(v: &FleetView) {
         }
         for d in &m.disks {
             let rpo = d.rpo_seconds.map_or("no point yet".into(), |r| {
-                let over = if r > v.rpo_warn_seconds as f64 { " OVER" } else { "" };
+                let over = if r > d.rpo_warn_seconds as f64 { " OVER" } else { "" };
                 format!("{}{over}", age(r))
             });
             println!(

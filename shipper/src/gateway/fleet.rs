@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::config::FleetSettings;
 use super::machines::Registry;
 use super::observe::{Observations, SeenPoint};
+use super::policy::PolicyFile;
 
 const SEC: u64 = 1_000_000_000;
 /// RPO history kept per disk: 24 h at one sample a minute.
@@ -40,6 +41,9 @@ pub struct DiskView {
     pub published_ns: Option<u64>,
     /// Age of the newest published point: what a failover now would lose.
     pub rpo_seconds: Option<f64>,
+    /// The RPO threshold of this disk: its machine's policy's `rpo_warn`,
+    /// else the gateway's.
+    pub rpo_warn_seconds: u64,
     /// Bytes received but not yet in a published point.
     pub backlog_bytes: u64,
     /// Bytes per second received over the last minute.
@@ -52,6 +56,8 @@ pub struct DiskView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MachineView {
     pub name: String,
+    /// The replication policy assigned to the machine, if any.
+    pub policy: Option<String>,
     pub connected: bool,
     pub revoked: bool,
     pub last_contact_ns: Option<u64>,
@@ -92,6 +98,8 @@ impl Alert {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetView {
     pub time_ns: u64,
+    /// The gateway's RPO threshold (a policy's `rpo_warn` overrides it
+    /// per machine: each disk has its own).
     pub rpo_warn_seconds: u64,
     pub machines: Vec<MachineView>,
     pub alerts: Vec<Alert>,
@@ -166,11 +174,18 @@ impl Fleet {
         }
     }
 
-    /// The view now.
-    pub fn view(&self, reg: &Registry, cache: &Path) -> FleetView {
+    /// The view now; `policies` gives each machine's policy (and so its
+    /// RPO threshold).
+    pub fn view(&self, reg: &Registry, cache: &Path, policies: &PolicyFile) -> FleetView {
         let now = hrl_format::now_ns();
         let mut machines = Vec::new();
         for (name, m) in &reg.machines {
+            let policy = policies.for_machine(name);
+            let warn = policy
+                .as_ref()
+                .and_then(|p| p.1.rpo_warn)
+                .map_or(self.settings.rpo_warn, Into::into)
+                .as_secs();
             let spool = cache.join(name);
             let status = crate::ship::status::load(&spool).ok();
             let disks = m
@@ -194,6 +209,7 @@ impl Fleet {
                         published: ship.and_then(|s| s.last_point),
                         published_ns,
                         rpo_seconds: published_ns.map(|t| now.saturating_sub(t) as f64 / 1e9),
+                        rpo_warn_seconds: warn,
                         backlog_bytes: ship.map_or(0, |s| s.unpublished_bytes) + cached_bytes(&spool, id),
                         throughput_bps: self.seen.throughput(name, id, 60 * SEC),
                         losses: seen.losses,
@@ -203,6 +219,7 @@ impl Fleet {
                 .collect();
             machines.push(MachineView {
                 name: name.clone(),
+                policy: policy.map(|p| p.0),
                 connected: m.last_contact_ns.is_some_and(|t| {
                     now.saturating_sub(t) < (60 * SEC).min(self.settings.silent_after.as_nanos() as u64)
                 }),
@@ -249,11 +266,9 @@ impl Fleet {
                         message,
                     })
                 };
-                if let Some(r) = d.rpo_seconds.filter(|r| *r > s.rpo_warn.as_secs_f64()) {
-                    push(
-                        AlertKind::Rpo,
-                        format!("RPO {} exceeds {}", age(r), age(s.rpo_warn.as_secs_f64())),
-                    );
+                let warn = d.rpo_warn_seconds as f64;
+                if let Some(r) = d.rpo_seconds.filter(|r| *r > warn) {
+                    push(AlertKind::Rpo, format!("RPO {} exceeds {}", age(r), age(warn)));
                 }
                 let stuck = matches!(d.mode.as_str(), "bitmap" | "resync");
                 let since = d.mode_since_ns.map(|t| v.time_ns.saturating_sub(t) as f64 / 1e9);
@@ -318,6 +333,75 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn disk(mode: &str, since_s: u64, rpo: Option<f64>, warn: u64, now: u64) -> DiskView {
+        DiskView {
+            id: Uuid::new_v4(),
+            label: format!("h/{mode}"),
+            mode: mode.into(),
+            mode_since_ns: Some(now - since_s * SEC),
+            last_point: None,
+            last_app_point: None,
+            published: Some(1),
+            published_ns: None,
+            rpo_seconds: rpo,
+            rpo_warn_seconds: warn,
+            backlog_bytes: 0,
+            throughput_bps: 0.0,
+            losses: 0,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn alerts_follow_each_disks_threshold_and_skip_revoked_machines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Fleet::new(FleetSettings::default(), dir.path());
+        let now = 1_000_000 * SEC;
+        let machine = |name: &str, contact_s: u64, revoked: bool, disks| MachineView {
+            name: name.into(),
+            policy: None,
+            connected: false,
+            revoked,
+            last_contact_ns: Some(now - contact_s * SEC),
+            disks,
+        };
+        let v = FleetView {
+            time_ns: now,
+            rpo_warn_seconds: 300,
+            machines: vec![
+                machine(
+                    "a",
+                    10,
+                    false,
+                    vec![
+                        disk("bitmap", 7200, Some(30.0), 300, now),
+                        disk("resync", 60, Some(100.0), 60, now),
+                        disk("data", 9000, Some(200.0), 300, now),
+                    ],
+                ),
+                machine("b", 500, false, vec![]),
+                machine("gone", 5000, true, vec![disk("bitmap", 9000, Some(9e5), 300, now)]),
+            ],
+            alerts: Vec::new(),
+        };
+        let got: Vec<(AlertKind, String)> = f.alerts(&v).into_iter().map(|a| (a.kind, a.label)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (AlertKind::Stuck, "h/bitmap".to_string()),
+                (AlertKind::Rpo, "h/resync".to_string()),
+                (AlertKind::Silent, "b".to_string()),
+            ]
+        );
+        // Raised once, cleared once.
+        let mut v2 = v.clone();
+        v2.alerts = f.alerts(&v);
+        assert_eq!(f.step(&v2).0.len(), 3);
+        assert_eq!(f.step(&v2), (vec![], vec![]));
+        v2.alerts.pop();
+        assert_eq!(f.step(&v2).1.len(), 1);
+    }
 
     #[test]
     fn ages_read_like_people_write_them() {

@@ -92,7 +92,7 @@ pub fn fleet(v: &FleetView) -> String {
     let mut o = head("hrl fleet");
     let _ = write!(
         o,
-        "<h1>hrl fleet</h1><p>{} machines, {disks} disks, {} alerts; RPO threshold {}. Refreshes every 10 s.</p><h2>Alerts</h2>",
+        "<h1>hrl fleet</h1><p>{} machines, {disks} disks, {} alerts; RPO threshold {} (or the machine's policy's). Refreshes every 10 s.</p><h2>Alerts</h2>",
         v.machines.len(),
         v.alerts.len(),
         age(v.rpo_warn_seconds as f64)
@@ -109,8 +109,12 @@ pub fn fleet(v: &FleetView) -> String {
             (false, true) => "<td class=ok>yes</td>",
             (false, false) => "<td class=warn>no</td>",
         };
+        let policy = m
+            .policy
+            .as_deref()
+            .map_or(String::new(), |p| format!(" <span class=muted>({})</span>", escape(p)));
         let first = format!(
-            "<td>{}</td>{conn}<td>{}</td>",
+            "<td>{}{policy}</td>{conn}<td>{}</td>",
             escape(&m.name),
             ago(v.time_ns, m.last_contact_ns)
         );
@@ -133,7 +137,7 @@ pub fn fleet(v: &FleetView) -> String {
                 escape(&point(d.last_point)),
                 escape(&point(d.last_app_point)),
                 d.published.map_or("none".into(), |p| p.to_string()),
-                rpo_cell(d, v.rpo_warn_seconds),
+                rpo_cell(d, d.rpo_warn_seconds),
                 bytes(d.backlog_bytes as f64),
                 bytes(d.throughput_bps),
                 escape(d.last_error.as_deref().unwrap_or("")),
@@ -202,7 +206,7 @@ pub fn disk(v: &FleetView, id: &Uuid, points: &[(u64, String, u64)], history: &[
     o.push_str("<h2>Alerts</h2>");
     alerts_table(&mut o, &mine);
     o.push_str("<h2>RPO, last 24 h (one sample a minute)</h2>");
-    o.push_str(&chart(history, v.time_ns, v.rpo_warn_seconds));
+    o.push_str(&chart(history, v.time_ns, d.rpo_warn_seconds));
     let _ = write!(
         o,
         "<h2>Published points ({})</h2><table id=points><tr><th>point</th><th>kind</th><th>taken</th></tr>",

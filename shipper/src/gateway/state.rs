@@ -119,7 +119,7 @@ impl Gateway {
                 m.last_contact_ns = m.last_contact_ns.max(Some(t));
             }
         }
-        Ok(self.fleet.view(&reg, self.ingest.root()))
+        Ok(self.fleet.view(&reg, self.ingest.root(), &self.policies.current()))
     }
 
     /// The registry, re-read when its file changed.

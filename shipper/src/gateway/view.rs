@@ -100,8 +100,11 @@ pub fn metrics(v: &FleetView) -> String {
         "Bytes received per second, last minute",
     );
     let alert = fam(&mut reg, "hrl_fleet_alert", "1 for each alert that is raised, by kind");
-    let thr = fam(&mut reg, "hrl_fleet_rpo_warn_seconds", "The RPO threshold");
-    thr.get_or_create(&Vec::new()).set(v.rpo_warn_seconds as f64);
+    let thr = fam(
+        &mut reg,
+        "hrl_fleet_rpo_warn_seconds",
+        "The disk's RPO threshold (its policy's or the gateway's)",
+    );
     for m in &v.machines {
         let ml = vec![("machine".to_string(), m.name.clone())];
         connected.get_or_create(&ml).set(if m.connected { 1.0 } else { 0.0 });
@@ -113,6 +116,7 @@ pub fn metrics(v: &FleetView) -> String {
             if let Some(r) = d.rpo_seconds {
                 rpo.get_or_create(&dl).set(r);
             }
+            thr.get_or_create(&dl).set(d.rpo_warn_seconds as f64);
             backlog.get_or_create(&dl).set(d.backlog_bytes as f64);
             rate.get_or_create(&dl).set(d.throughput_bps);
         }
