@@ -140,7 +140,7 @@ fn reload_on_sighup(path: PathBuf, o: &ShipOptions, stop: Arc<AtomicBool>) -> Re
 }
 
 /// `run --identity`: forward the spool to the gateway.
-async fn forward(a: &Args, identity: &std::path::Path, spool: PathBuf) -> Result<u8> {
+async fn forward(a: &Args, identity: &std::path::Path, spool: PathBuf, metrics_listen: &str) -> Result<u8> {
     let mut id = crate::forward::Identity::load(identity)?;
     if let Some(g) = &a.gateway {
         id.gateway = g.clone();
@@ -148,6 +148,18 @@ async fn forward(a: &Args, identity: &std::path::Path, spool: PathBuf) -> Result
     let stop = stop_flag()?;
     let mut o = crate::forward::ForwardOptions::new(spool);
     o.once = a.once;
+    if !a.once {
+        let st = Arc::new(Mutex::new(crate::forward::status::ForwardStatus {
+            gateway: id.gateway.clone(),
+            machine: id.machine.clone(),
+            pid: std::process::id(),
+            ..Default::default()
+        }));
+        if !metrics_listen.is_empty() {
+            crate::forward::status::serve_metrics(&st, metrics_listen);
+        }
+        o.status = Some(st);
+    }
     tracing::info!(gateway = %id.gateway, machine = %id.machine, spool = %o.spool.display(), "forwarding the spool");
     let rep = crate::forward::forward(&id, &o, &stop).await?;
     if a.json {
@@ -171,7 +183,7 @@ pub async fn run(a: Args) -> Result<u8> {
             .spool
             .clone()
             .ok_or_else(|| ShipError::Usage("run needs --spool (or `spool` in --config)".into()))?;
-        return forward(&a, identity, spool).await;
+        return forward(&a, identity, spool, &cfg.metrics_listen).await;
     }
     let need = |what: &str| {
         ShipError::Usage(format!(

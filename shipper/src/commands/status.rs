@@ -1,5 +1,6 @@
-//! `hrl-shipper status`: what a running shipper reports, from the spool's
-//! status file (exit 1 when nobody has updated it for 10 s).
+//! `hrl-shipper status`: what a running shipper (or forwarder) reports,
+//! from the spool's status file (exit 1 when nobody has updated it for
+//! 10 s).
 
 use std::path::PathBuf;
 
@@ -17,6 +18,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<u8> {
+    let fwd = crate::forward::status::path(&a.spool);
+    let ship = crate::ship::status::status_path(&a.spool);
+    let newer = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if fwd.exists() && newer(&fwd) >= newer(&ship) {
+        return forwarder(&a);
+    }
     let st = load(&a.spool)?;
     let age = hrl_format::now_ns().saturating_sub(st.updated_ns) as f64 / 1e9;
     if a.json {
@@ -64,6 +71,51 @@ pub fn run(a: Args) -> Result<u8> {
     // A status file nobody updates: the shipper is not running.
     if age > 10.0 {
         eprintln!("hrl-shipper: the status is {age:.0}s old: is the shipper running on this spool?");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// The forwarder's status (`run --identity`).
+fn forwarder(a: &Args) -> Result<u8> {
+    let st = crate::forward::status::load(&a.spool)?;
+    let age = hrl_format::now_ns().saturating_sub(st.updated_ns) as f64 / 1e9;
+    if a.json {
+        let s = serde_json::to_string_pretty(&st).map_err(|e| ShipError::Internal(format!("encode status: {e}")))?;
+        println!("{s}");
+    } else {
+        let ack = st.last_ack_ns.map_or("never".into(), |t| {
+            format!("{:.1}s ago", hrl_format::now_ns().saturating_sub(t) as f64 / 1e9)
+        });
+        println!(
+            "forwarder pid {} ({}) -> {}: gateway {}; last acknowledged {ack}; {} sent, {} segments complete there; policy {}",
+            st.pid,
+            st.machine,
+            st.gateway,
+            if st.reachable { "reachable" } else { "UNREACHABLE" },
+            hrl_format::human_bytes(st.report.bytes_sent),
+            st.report.segments_completed,
+            st.policy.as_deref().unwrap_or("none")
+        );
+        println!("{:<36} {:>10} {:>16} {:>12}", "DISK", "COMPLETE", "SENDING", "PENDING");
+        for (d, ds) in &st.disks {
+            println!(
+                "{:<36} {:>10} {:>16} {:>12}",
+                d.to_string(),
+                ds.complete_through.map_or("-".into(), |c| c.to_string()),
+                ds.open.map_or("-".into(), |(s, o)| format!("{s}@{o}")),
+                hrl_format::human_bytes(ds.pending_bytes)
+            );
+        }
+        if let Some(e) = &st.last_error {
+            println!("last error: {e}");
+        }
+        if let Some(m) = &st.metrics {
+            println!("metrics: http://{m}/metrics");
+        }
+    }
+    if age > 10.0 {
+        eprintln!("hrl-shipper: the status is {age:.0}s old: is the forwarder running on this spool?");
         return Ok(1);
     }
     Ok(0)

@@ -5,8 +5,8 @@
 //!
 //! Owns: the machine's identity (`identity`), the pinned HTTPS client
 //! (`client`), the follow-and-send loop (`run`), the gateway's policy
-//! handed to the local agent (`policy`) and restore through the gateway
-//! (`restore`). It reads the spool and
+//! handed to the local agent (`policy`), its status file and metrics
+//! (`status`) and restore through the gateway (`restore`). It reads the spool and
 //! deletes a segment only after the gateway holds it whole and durable; it
 //! never talks to blob storage and never touches a device.
 
@@ -15,6 +15,7 @@ pub mod identity;
 pub mod policy;
 pub mod restore;
 pub mod run;
+pub mod status;
 
 pub use identity::{enroll, Identity};
 pub use run::{forward, ForwardOptions, ForwardReport};

@@ -31,6 +31,13 @@ fn send(socket: &Path, req: &Value) -> std::io::Result<Value> {
 }
 
 impl PolicySync {
+    /// The name of the policy last applied to the agent.
+    pub fn applied_name(&self) -> Option<String> {
+        self.applied
+            .as_ref()
+            .and_then(|v| v["policy"].as_str().map(str::to_string))
+    }
+
     /// Asks and applies when the renew interval has passed.
     pub async fn tick(&mut self, c: &GatewayClient, spool: &Path) {
         let every = self

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use hrl_format::SegmentStream;
 use reqwest::Method;
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::client::GatewayClient;
 use super::identity::Identity;
+pub use super::status::ForwardReport;
 use crate::error::{Result, ShipError};
 use crate::gateway::ingest::DiskProgress;
 
@@ -33,6 +33,8 @@ pub struct ForwardOptions {
     /// Send what is there, then return.
     pub once: bool,
     pub poll: Duration,
+    /// Where the daemon publishes its status (status file, metrics).
+    pub status: Option<super::status::SharedForward>,
 }
 
 impl ForwardOptions {
@@ -41,20 +43,9 @@ impl ForwardOptions {
             spool: spool.into(),
             once: false,
             poll: Duration::from_millis(100),
+            status: None,
         }
     }
-}
-
-/// What a forwarder did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ForwardReport {
-    pub bytes_sent: u64,
-    pub requests: u64,
-    pub segments_completed: u64,
-    /// Ranges the gateway already had or expected elsewhere (after a lost
-    /// answer or a restart): resent from where it stands.
-    pub conflicts: u64,
-    pub endpoint_errors: u64,
 }
 
 /// One disk: where the gateway stands and the checked local stream of the
@@ -74,12 +65,14 @@ pub async fn forward(id: &Identity, opts: &ForwardOptions, stop: &AtomicBool) ->
     let mut report = ForwardReport::default();
     let mut backoff = Duration::from_millis(500);
     let mut policy = super::policy::PolicySync::default();
+    let mut saved = std::time::Instant::now() - Duration::from_secs(10);
     while !stop.load(Ordering::Relaxed) {
         if !opts.once {
             policy.tick(&client, &opts.spool).await;
         }
         let mut any = false;
         let mut failed = None;
+        let sent = report.bytes_sent;
         for d in hrl_format::list_disks(&opts.spool)? {
             let st = disks.entry(d).or_default();
             match step(&client, &opts.spool, d, st, &mut report).await {
@@ -89,6 +82,20 @@ pub async fn forward(id: &Identity, opts: &ForwardOptions, stop: &AtomicBool) ->
                     failed = Some(e);
                 }
                 Err(e) => return Err(e),
+            }
+        }
+        if let Some(shared) = &opts.status {
+            let mut g = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if report.bytes_sent > sent {
+                g.last_ack_ns = Some(hrl_format::now_ns());
+            }
+            g.reachable = failed.is_none();
+            if let Some(e) = &failed {
+                g.last_error = Some(e.to_string());
+            }
+            if saved.elapsed() >= Duration::from_secs(1) {
+                saved = std::time::Instant::now();
+                publish(&mut g, &opts.spool, &disks, &report, policy.applied_name());
             }
         }
         if let Some(e) = failed {
@@ -110,6 +117,33 @@ pub async fn forward(id: &Identity, opts: &ForwardOptions, stop: &AtomicBool) ->
         }
     }
     Ok(report)
+}
+
+/// Brings the shared status up to date and writes the status file.
+fn publish(
+    g: &mut super::status::ForwardStatus,
+    spool: &Path,
+    disks: &HashMap<Uuid, DiskForward>,
+    report: &ForwardReport,
+    policy: Option<String>,
+) {
+    g.updated_ns = hrl_format::now_ns();
+    g.report = report.clone();
+    g.policy = policy;
+    g.disks.clear();
+    for (d, df) in disks {
+        let p = df.progress.unwrap_or_default();
+        let mut ds = super::status::ForwardDiskStatus {
+            complete_through: p.complete_through,
+            open: p.open,
+            pending_bytes: 0,
+        };
+        ds.pending_bytes = super::status::pending(spool, d, &ds);
+        g.disks.insert(*d, ds);
+    }
+    if let Err(e) = super::status::save(spool, g) {
+        tracing::warn!(error = %e, "could not write the forwarder's status file");
+    }
 }
 
 /// Sends what is new of one disk; true when anything moved.

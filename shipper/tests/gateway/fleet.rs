@@ -4,7 +4,7 @@
 //! value, alerts; screenshots saved); no credential, a machine's, or a
 //! wrong secret gets 401; no page shows a secret; the webhook receives one
 //! event per RPO breach and one when it clears, even though it refuses
-//! the first delivery.
+//! the first delivery. And the forwarder's own status file and metrics.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -300,4 +300,86 @@ pub fn the_fleet_view_shows_every_machine_and_its_alerts_to_the_admin_only() {
     );
     let all = events.lock().unwrap().len();
     eprintln!("webhook: {all} events delivered (the first delivery was refused and retried); db01 RPO: {got:?}");
+}
+
+/// The value of the sample `name` (with its labels) at a local metrics
+/// endpoint (plain HTTP).
+fn scrape(addr: &str, name: &str) -> f64 {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name}: {out}"))
+}
+
+/// The forwarder as a daemon: its status file and metrics say where the
+/// gateway stands and what the spool still holds, and say so when the
+/// gateway goes away; `hrl-shipper status` prints it.
+pub fn a_forwarder_reports_where_the_gateway_stands_and_when_it_is_unreachable() {
+    use hrl_shipper::forward::status::{load, serve_metrics, ForwardStatus};
+    use std::sync::atomic::AtomicBool;
+    let gw = Gw::start("0");
+    let work = tempfile::tempdir().unwrap();
+    let spool = work.path().join("m1");
+    let disk = Uuid::new_v4();
+    points(&spool, disk, "m1", 1, 3, false);
+    let (id, _) = gw.enroll("m1");
+    let st = Arc::new(Mutex::new(ForwardStatus {
+        gateway: gw.url.clone(),
+        machine: "m1".into(),
+        ..Default::default()
+    }));
+    serve_metrics(&st, "127.0.0.1:0");
+    let addr = st.lock().unwrap().metrics.clone().expect("metrics address");
+    let mut o = hrl_shipper::forward::ForwardOptions::new(&spool);
+    o.status = Some(st.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (s2, id2) = (stop.clone(), id.clone());
+    let task = rt.spawn(async move { hrl_shipper::forward::forward(&id2, &o, &s2).await });
+    wait_for(
+        "the forwarder's status: all acknowledged",
+        Duration::from_secs(30),
+        || {
+            load(&spool).is_ok_and(|s| {
+                s.reachable && s.last_ack_ns.is_some() && s.disks.get(&disk).is_some_and(|d| d.pending_bytes == 0)
+            })
+        },
+    );
+    let pending = format!("hrl_forwarder_pending_bytes{{disk=\"{disk}\"}}");
+    assert_eq!(scrape(&addr, "hrl_forwarder_gateway_reachable"), 1.0);
+    assert_eq!(scrape(&addr, &pending), 0.0);
+    assert!(scrape(&addr, "hrl_forwarder_sent_bytes") > 0.0);
+    let status = |what: &str| {
+        let o = std::process::Command::new(hrl_testkit::bin("hrl-shipper"))
+            .args(["status", "--spool"])
+            .arg(&spool)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(text.contains(what), "status lacks {what:?}: {text}");
+        o.status.code()
+    };
+    assert_eq!(status("gateway reachable"), Some(0));
+
+    // The gateway goes away; the agent keeps writing.
+    drop(gw);
+    points(&spool, disk, "m1", 4, 5, false);
+    wait_for(
+        "the forwarder's status: unreachable, bytes pending",
+        Duration::from_secs(30),
+        || {
+            load(&spool).is_ok_and(|s| {
+                !s.reachable && s.last_error.is_some() && s.disks.get(&disk).is_some_and(|d| d.pending_bytes > 0)
+            })
+        },
+    );
+    assert_eq!(scrape(&addr, "hrl_forwarder_gateway_reachable"), 0.0);
+    assert!(scrape(&addr, &pending) > 0.0);
+    assert_eq!(status("UNREACHABLE"), Some(0));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = rt.block_on(task);
 }
