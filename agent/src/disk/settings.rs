@@ -50,31 +50,23 @@ impl DiskWorker {
             (None, true) => "policy".to_string(),
             (_, false) => "config".to_string(),
         };
-        let mut m = BTreeMap::new();
-        m.insert(
-            "point_interval".to_string(),
-            format!(
-                "{} ({})",
-                human(self.agent.point_interval),
-                src(self.policy.point_interval.is_some())
+        let keys = [
+            (
+                "point_interval",
+                self.agent.point_interval,
+                self.policy.point_interval.is_some(),
             ),
-        );
-        m.insert(
-            "app_point_interval".to_string(),
-            format!(
-                "{} ({})",
-                human(self.agent.app_point_interval),
-                src(self.policy.app_point_interval.is_some())
+            (
+                "app_point_interval",
+                self.agent.app_point_interval,
+                self.policy.app_point_interval.is_some(),
             ),
-        );
-        m.insert(
-            "rpo_warn".to_string(),
-            format!(
-                "{} ({})",
-                human(self.agent.rpo_warn),
-                src(self.policy.rpo_warn.is_some())
-            ),
-        );
+            ("rpo_warn", self.agent.rpo_warn, self.policy.rpo_warn.is_some()),
+        ];
+        let m: BTreeMap<String, String> = keys
+            .into_iter()
+            .map(|(k, v, set)| (k.to_string(), format!("{} ({})", human(v), src(set))))
+            .collect();
         self.status.lock().unwrap_or_else(|e| e.into_inner()).settings = m;
     }
 }

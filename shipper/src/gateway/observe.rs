@@ -5,8 +5,10 @@
 //! it; nothing here decides anything.
 //!
 //! Kept in memory and, on every change other than byte counts, in
-//! `CACHE/<machine>/<disk>.seen.json` (mode 0600), so a restarted gateway
-//! still knows a disk that has been in data mode for days.
+//! `CACHE/<machine>/<disk>.seen.json` (replaced by rename, not fsynced: a
+//! crash loses at most the newest change, which the next record brings
+//! back), so a restarted gateway still knows a disk that has been in data
+//! mode for days.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -108,7 +110,10 @@ impl Observations {
             let p = seen_path(&self.root, machine, disk);
             let _ = std::fs::create_dir_all(self.root.join(machine));
             let body = serde_json::to_vec_pretty(&*s).unwrap_or_default();
-            if let Err(e) = crate::private_file::replace_private(&p, &body) {
+            // Advisory (the fleet view's): replaced by rename, not fsynced,
+            // since this runs on the ingest path at every point.
+            let tmp = p.with_extension("json.tmp");
+            if let Err(e) = std::fs::write(&tmp, &body).and_then(|_| std::fs::rename(&tmp, &p)) {
                 tracing::warn!(file = %p.display(), error = %e, "could not save fleet observations");
             }
         }
