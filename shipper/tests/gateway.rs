@@ -469,6 +469,10 @@ fn resets_and_stalls_on_the_way_lose_nothing_and_the_wire_is_only_tls() {
     );
 }
 
+#[path = "gateway/failback.rs"]
+mod failback;
+use failback::a_machine_fails_back_through_the_gateway_writing_only_what_differs;
+
 #[path = "gateway/fleet.rs"]
 mod fleet;
 use fleet::{
@@ -481,6 +485,7 @@ hrl_testkit::tests!(Nothing: [
     machines_forward_through_the_gateway_and_every_point_restores,
     every_peer_that_misbehaves_is_refused_and_changes_nothing,
     a_forwarder_reports_where_the_gateway_stands_and_when_it_is_unreachable,
+    a_machine_fails_back_through_the_gateway_writing_only_what_differs,
 ], Browser: [
     the_fleet_view_shows_every_machine_and_its_alerts_to_the_admin_only,
 ]);

@@ -1,15 +1,16 @@
 //! `hrl-shipper failback`: bring an existing device or image to a point,
-//! writing only the chunks that differ.
+//! writing only the chunks that differ; with `--identity`, through the
+//! process server (the machine holds no key).
 
 use std::path::PathBuf;
 
-use super::{print_json, PointArgs, RepoArgs};
+use super::{print_json, PointArgs, SourceArgs};
 use crate::error::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    r: RepoArgs,
+    src: SourceArgs,
     #[command(flatten)]
     p: PointArgs,
     /// The existing device or image to bring back.
@@ -21,10 +22,18 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> Result<u8> {
-    let repo = a.r.open().await?;
-    let disk = a.p.disk_id(&repo).await?;
-    let point = a.p.point;
-    let rep = crate::restore::failback(&repo, &disk, point, &a.to, true).await?;
+    let rep = match &a.src.identity {
+        Some(identity) => {
+            let id = crate::forward::Identity::load(identity)?;
+            let disk = crate::forward::restore::resolve(&id, a.p.disk.as_deref()).await?;
+            crate::forward::failback::failback(&id, &disk, a.p.point, &a.to).await?
+        }
+        None => {
+            let repo = a.src.open_repo("failback").await?;
+            let disk = a.p.disk_id(&repo).await?;
+            crate::restore::failback(&repo, &disk, a.p.point, &a.to, true).await?
+        }
+    };
     if a.json {
         return print_json(&rep).map(|()| 0);
     }

@@ -60,7 +60,7 @@ impl RepoArgs {
 }
 
 /// A repository, or the process server this machine is enrolled with
-/// (`points` and `restore` on a machine that holds no key).
+/// (`points`, `restore` and `failback` on a machine that holds no key).
 #[derive(clap::Args, Clone)]
 pub struct SourceArgs {
     /// Repository URL: file:///path (or an absolute path), or
@@ -72,7 +72,7 @@ pub struct SourceArgs {
     pub key_file: Option<PathBuf>,
     /// Through the process server this machine is enrolled with (its
     /// identity file): this machine's disks only, no key needed.
-    #[arg(long, conflicts_with_all = ["repo", "group"])]
+    #[arg(long, conflicts_with = "repo")]
     pub identity: Option<PathBuf>,
 }
 

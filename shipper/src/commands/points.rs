@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "group")]
     disk: Option<String>,
     /// The points of this consistency group instead.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "identity")]
     group: Option<String>,
     /// Only points taken at or before this time: RFC 3339
     /// (2026-11-28T16:21:40Z) or an age ("10 min ago").

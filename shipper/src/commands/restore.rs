@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long, conflicts_with = "group")]
     disk: Option<String>,
     /// Restore every member of a complete point of this consistency group.
-    #[arg(long, requires = "to_dir")]
+    #[arg(long, requires = "to_dir", conflicts_with = "identity")]
     group: Option<String>,
     /// `latest` or a point sequence (with --group: a group sequence).
     #[arg(long, default_value = "latest")]

@@ -165,9 +165,18 @@ impl GatewayClient {
 
     /// `GET path` whose answer is bytes (a point's chunks).
     pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>> {
-        let mut req = self.http.get(format!("{}{path}", self.url));
+        self.bytes(reqwest::Method::GET, path, None).await
+    }
+
+    /// A request whose answer is bytes; any status but 200 is an error
+    /// (401, 403 and 404 as a usage error: this machine may not do that).
+    pub async fn bytes(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> Result<Vec<u8>> {
+        let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(a) = &self.auth {
             req = req.header(reqwest::header::AUTHORIZATION, a);
+        }
+        if let Some(b) = body {
+            req = req.body(b);
         }
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status().as_u16();

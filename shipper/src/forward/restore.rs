@@ -64,8 +64,26 @@ pub async fn restore(
 ) -> Result<RestoreReport> {
     let t0 = Instant::now();
     let c = id.client(&id.gateway)?;
+    let h = pick(id, disk, p, before).await?;
+    let target = target::open(to, Mode::Write { force })?;
+    let r = write(&c, &h, &target, to).await;
+    if r.is_err() && target.created {
+        let _ = std::fs::remove_file(to);
+    }
+    let (written, zeros) = r?;
+    let mut rep = RestoreReport::new(disk.id, h.seq, &h, to);
+    rep.stored_chunks = rep.chunks - zeros;
+    rep.zero_chunks = zeros;
+    rep.bytes_written = written;
+    rep.bytes_fetched = h.device_size;
+    rep.seconds = t0.elapsed().as_secs_f64();
+    Ok(rep)
+}
+
+/// The header of the point `p` (or the newest at or before `before`).
+pub async fn pick(id: &Identity, disk: &DiskInfo, p: PointSel, before: Option<u64>) -> Result<PointHeader> {
     let pts = points(id, &disk.id).await?;
-    let h = match (p, before) {
+    match (p, before) {
         (PointSel::Seq(s), _) => pts.iter().find(|h| h.seq == s),
         (PointSel::Latest, Some(t)) => pts.iter().rev().find(|h| h.time_ns <= t),
         (PointSel::Latest, None) => pts.last(),
@@ -74,38 +92,11 @@ pub async fn restore(
     .ok_or_else(|| ShipError::Point {
         disk: disk.label(),
         why: format!("no such point (points: {})", pts.len()),
-    })?;
-    let target = target::open(to, Mode::Write { force })?;
-    let r = write(&c, &h, &target, to).await;
-    if r.is_err() && target.created {
-        let _ = std::fs::remove_file(to);
-    }
-    let (written, zeros) = r?;
-    let chunks = h.device_size.div_ceil(h.chunk_size as u64);
-    Ok(RestoreReport {
-        disk: disk.id,
-        disk_label: h.disk_label(),
-        point: h.seq,
-        kind: h.kind,
-        device_size: h.device_size,
-        chunks,
-        stored_chunks: chunks - zeros,
-        zero_chunks: zeros,
-        bytes_written: written,
-        bytes_fetched: h.device_size,
-        seconds: t0.elapsed().as_secs_f64(),
-        target: to.into(),
-        compared: 0,
-        skipped: 0,
     })
 }
 
-/// Fetches every chunk in batches and writes it; a fresh target skips
-/// zero chunks (it reads as zeros already). Returns bytes written and zero
-/// chunks.
-async fn write(c: &GatewayClient, h: &PointHeader, target: &target::Target, to: &Path) -> Result<(u64, u64)> {
-    let csize = h.chunk_size as u64;
-    let chunks = h.device_size.div_ceil(csize);
+/// Checks that a device target holds the disk, or sizes an image to it.
+pub fn size_target(target: &target::Target, h: &PointHeader, to: &Path) -> Result<()> {
     if target.is_device {
         let len = std::io::Seek::seek(&mut &target.file, std::io::SeekFrom::End(0))
             .map_err(|e| ShipError::io(to, "size", e))?;
@@ -116,12 +107,21 @@ async fn write(c: &GatewayClient, h: &PointHeader, target: &target::Target, to: 
                 h.device_size
             )));
         }
-    } else {
-        target
-            .file
-            .set_len(h.device_size)
-            .map_err(|e| ShipError::io(to, "size image", e))?;
+        return Ok(());
     }
+    target
+        .file
+        .set_len(h.device_size)
+        .map_err(|e| ShipError::io(to, "size image", e))
+}
+
+/// Fetches every chunk in batches and writes it; a fresh target skips
+/// zero chunks (it reads as zeros already). Returns bytes written and zero
+/// chunks.
+async fn write(c: &GatewayClient, h: &PointHeader, target: &target::Target, to: &Path) -> Result<(u64, u64)> {
+    let csize = h.chunk_size as u64;
+    let chunks = h.device_size.div_ceil(csize);
+    size_target(target, h, to)?;
     let (mut written, mut zeros) = (0u64, 0u64);
     let mut last_report = Instant::now();
     for from in (0..chunks).step_by(BATCH as usize) {

@@ -3,8 +3,9 @@
 //! machine's segments, and ships them all into the one repository.
 //!
 //! Owns: the TLS identity (`tls`), the machines and their secrets
-//! (`machines`), the cache (`ingest`), the HTTPS endpoint (`server`),
-//! the ship loop over the cache (`ship`), and the fleet view: what it saw
+//! (`machines`), the cache (`ingest`), the HTTPS endpoint (`server`), a
+//! machine reading its own points for restore and failback (`read`), the
+//! ship loop over the cache (`ship`), and the fleet view: what it saw
 //! of each disk (`observe`), the view and its alerts (`fleet`, `watch`),
 //! its pages (`page`, `view`) and credential (`admin`); replication
 //! policies (`policy`) and retention by policy (`retention`). Only this role holds the
@@ -20,6 +21,7 @@ pub mod machines;
 pub mod observe;
 pub mod page;
 pub mod policy;
+mod read;
 pub mod retention;
 pub mod server;
 pub mod ship;

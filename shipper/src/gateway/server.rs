@@ -26,7 +26,6 @@ use super::machines::Registry;
 use super::state::{refuse, Reply};
 pub use super::state::{Body, Gateway};
 use crate::error::ShipError;
-use crate::restore::reader::PointReader;
 
 /// Largest range one request may carry: the largest record and some.
 pub const MAX_BODY: usize = 20 << 20;
@@ -119,16 +118,22 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
         (&Method::GET, ["v1", "disks", d, "points"]) => {
             let d = disk(d)?;
             gw.owned(&machine, &d, peer)?;
-            own_points(gw, &d).await.map_err(internal).map(Body::Json)
+            super::read::own_points(gw, &d).await.map_err(internal).map(Body::Json)
         }
-        (&Method::GET, ["v1", "disks", d, "points", s, "chunks"]) => {
+        (m, ["v1", "disks", d, "points", s, verb]) => {
             let d = disk(d)?;
             gw.owned(&machine, &d, peer)?;
             let seq: u64 = s
                 .parse()
                 .map_err(|_| refuse(StatusCode::BAD_REQUEST, format!("{s:?} is not a point")))?;
-            let (from, count) = range(query.as_deref())?;
-            read_chunks(gw, &machine, d, seq, from, count).await.map(Body::Bytes)
+            let req = super::read::PointRequest {
+                machine: &machine,
+                peer,
+                disk: d,
+                seq,
+                query: query.as_deref(),
+            };
+            super::read::point(gw, &req, (m, verb), &bytes).await.map(Body::Bytes)
         }
         (&Method::GET, ["v1", "disks", d]) => {
             let d = disk(d)?;
@@ -164,32 +169,6 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
     }
 }
 
-/// The headers of every published point of a disk (its owner asked).
-async fn own_points(gw: &Gateway, d: &Uuid) -> crate::error::Result<Value> {
-    let mut out = Vec::new();
-    for seq in crate::repo::manifest::list_points(&gw.repo, d).await? {
-        out.push(crate::repo::manifest::load(&gw.repo, d, seq).await?.0);
-    }
-    Ok(json!(out))
-}
-
-/// `from=I&count=N` of a chunks request.
-fn range(q: Option<&str>) -> std::result::Result<(u64, u64), Reply> {
-    let mut from = None;
-    let mut count = None;
-    for kv in q.unwrap_or("").split('&') {
-        match kv.split_once('=') {
-            Some(("from", v)) => from = v.parse().ok(),
-            Some(("count", v)) => count = v.parse().ok(),
-            _ => {}
-        }
-    }
-    match (from, count) {
-        (Some(f), Some(c)) => Ok((f, c)),
-        _ => Err(refuse(StatusCode::BAD_REQUEST, "from=I&count=N is missing")),
-    }
-}
-
 /// This machine's disks, named from their newest point.
 async fn own_disks(gw: &Gateway, machine: &str) -> std::result::Result<Value, Reply> {
     let internal = |e: ShipError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
@@ -213,38 +192,6 @@ async fn own_disks(gw: &Gateway, machine: &str) -> std::result::Result<Value, Re
         });
     }
     Ok(json!(out))
-}
-
-/// Chunks of a point, decrypted and verified; the machine's open point is
-/// kept so a restore's sequential reads open it once.
-async fn read_chunks(
-    gw: &Gateway,
-    machine: &str,
-    disk: Uuid,
-    seq: u64,
-    from: u64,
-    count: u64,
-) -> std::result::Result<Vec<u8>, Reply> {
-    let internal = |e: ShipError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    let reader = {
-        let mut rs = gw.readers.lock().await;
-        match rs.get(machine) {
-            Some(r) if r.disk == disk && r.header.seq == seq => r.clone(),
-            _ => {
-                let r = PointReader::open(&gw.repo, &disk, seq).await.map_err(|e| match e {
-                    ShipError::Point { .. } => refuse(StatusCode::NOT_FOUND, e.to_string()),
-                    e => internal(e),
-                })?;
-                let r = Arc::new(r);
-                rs.insert(machine.to_string(), r.clone());
-                r
-            }
-        }
-    };
-    reader.read(&gw.repo, from, count).await.map_err(|e| {
-        tracing::error!(machine = %machine, disk = %disk, point = seq, error = %e, "reading a point for a machine failed");
-        internal(e)
-    })
 }
 
 async fn append(

@@ -52,33 +52,58 @@ impl PointReader {
         let end = (from + count.min(MAX_CHUNKS)).min(self.chunks());
         let mut out = Vec::with_capacity(((end.saturating_sub(from)) * csize) as usize);
         for idx in from..end {
-            let len = (self.header.device_size - idx * csize).min(csize) as usize;
-            match self.map.get(&idx) {
-                Some(ChunkRef::Zero) => out.resize(out.len() + len, 0),
-                None => {
-                    return Err(ShipError::Point {
-                        disk: self.disk.to_string(),
-                        why: format!("point {}: chunk {idx} is in no manifest of its chain", self.header.seq),
-                    })
-                }
-                Some(ChunkRef::Stored(id)) => {
-                    let loc = self.index.get(id).ok_or_else(|| ShipError::Point {
-                        disk: self.disk.to_string(),
-                        why: format!("chunk {} (chunk {idx} of the device) is in no index", hex::encode(id)),
-                    })?;
-                    let key = pack_key(&loc.pack);
-                    let blob = repo.get_range(&key, loc.offset, loc.offset + loc.len as u64).await?;
-                    let plain = repo.keys.open_chunk(id, &blob)?;
-                    if plain.len() != len {
-                        return Err(ShipError::corrupt(
-                            format!("chunk {} in pack {key}", hex::encode(id)),
-                            format!("{} bytes, chunk {idx} of the device needs {len}", plain.len()),
-                        ));
-                    }
-                    out.extend_from_slice(&plain);
-                }
+            out.extend_from_slice(&self.chunk(repo, idx).await?);
+        }
+        Ok(out)
+    }
+
+    /// Failback through the process server: `theirs` holds the plain
+    /// BLAKE3 hash of each of the target's chunks from chunk `from` on (at
+    /// most [`MAX_CHUNKS`]); returns each chunk of the point whose hash
+    /// differs, with its index. The machine holds no chunk-id key, so it
+    /// cannot name its chunks as the repository does: the point's chunks
+    /// are read and hashed here instead, and only what differs crosses the
+    /// wire.
+    pub async fn differing(&self, repo: &Repo, from: u64, theirs: &[[u8; 32]]) -> Result<Vec<(u64, Vec<u8>)>> {
+        let end = (from + (theirs.len() as u64).min(MAX_CHUNKS)).min(self.chunks());
+        let mut out = Vec::new();
+        for (idx, want) in (from..end).zip(theirs) {
+            let ours = self.chunk(repo, idx).await?;
+            if blake3::hash(&ours).as_bytes() != want {
+                out.push((idx, ours));
             }
         }
         Ok(out)
+    }
+
+    /// Chunk `idx` of the device (the last may be shorter), decrypted and
+    /// verified.
+    async fn chunk(&self, repo: &Repo, idx: u64) -> Result<Vec<u8>> {
+        let csize = self.header.chunk_size as u64;
+        let len = (self.header.device_size - idx * csize).min(csize) as usize;
+        let id = match self.map.get(&idx) {
+            Some(ChunkRef::Zero) => return Ok(vec![0; len]),
+            Some(ChunkRef::Stored(id)) => id,
+            None => {
+                return Err(ShipError::Point {
+                    disk: self.disk.to_string(),
+                    why: format!("point {}: chunk {idx} is in no manifest of its chain", self.header.seq),
+                })
+            }
+        };
+        let loc = self.index.get(id).ok_or_else(|| ShipError::Point {
+            disk: self.disk.to_string(),
+            why: format!("chunk {} (chunk {idx} of the device) is in no index", hex::encode(id)),
+        })?;
+        let key = pack_key(&loc.pack);
+        let blob = repo.get_range(&key, loc.offset, loc.offset + loc.len as u64).await?;
+        let plain = repo.keys.open_chunk(id, &blob)?;
+        if plain.len() != len {
+            return Err(ShipError::corrupt(
+                format!("chunk {} in pack {key}", hex::encode(id)),
+                format!("{} bytes, chunk {idx} of the device needs {len}", plain.len()),
+            ));
+        }
+        Ok(plain)
     }
 }
