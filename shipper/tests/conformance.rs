@@ -211,6 +211,8 @@ async fn prune_beside_a_running_shipper_keeps_every_kept_point_restorable(backen
     while published(repo.clone()).await.len() < old as usize {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    use hrl_shipper::repo::lock::pruned_version;
+    assert_eq!(pruned_version(&repo).await.unwrap(), None, "no prune has run");
     let rep = prune(
         &repo,
         &PruneOptions {
@@ -227,6 +229,11 @@ async fn prune_beside_a_running_shipper_keeps_every_kept_point_restorable(backen
     .await
     .unwrap();
     eprintln!("prune beside a running shipper: {rep:?}");
+    // The mark shippers compare (one HEAD per point) is there now.
+    assert!(
+        pruned_version(&repo).await.unwrap().is_some(),
+        "locks/pruned after a prune"
+    );
     writer.join().unwrap();
     while published(repo.clone()).await.last() != Some(&total) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

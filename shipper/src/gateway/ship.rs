@@ -1,6 +1,7 @@
 //! The gateway's ship loop: one ship task per machine's cache spool, all
-//! into the one repository (so content shared between machines is stored
-//! once), with the publish order and promises of the local shipper.
+//! into the one repository on one shared chunk index (so content shared
+//! between machines is stored once, and the index is held once), with the
+//! publish order and promises of the local shipper.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,12 +11,15 @@ use std::time::Duration;
 
 use crate::repo::Repo;
 use crate::ship::status::ShipStatus;
-use crate::ship::{ship, ShipOptions};
+use crate::ship::{ship, SharedIndex, ShipOptions};
 
 /// Starts a ship task for every machine directory that appears under
 /// `cache`, until `stop`. A task that fails starts again after a backoff
 /// (its cursor makes that safe).
 pub async fn ship_machines(repo: Repo, cache: PathBuf, stop: Arc<AtomicBool>) {
+    let Some(index) = load_index(&repo, &stop).await else {
+        return;
+    };
     let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(rd) = std::fs::read_dir(&cache) {
@@ -26,8 +30,8 @@ pub async fn ship_machines(repo: Repo, cache: PathBuf, stop: Arc<AtomicBool>) {
                 if !e.path().is_dir() || tasks.contains_key(&name) {
                     continue;
                 }
-                let (repo, spool, stop) = (repo.clone(), e.path(), stop.clone());
-                tasks.insert(name.clone(), tokio::spawn(ship_one(repo, name, spool, stop)));
+                let (repo, spool, stop, index) = (repo.clone(), e.path(), stop.clone(), index.clone());
+                tasks.insert(name.clone(), tokio::spawn(ship_one(repo, name, spool, index, stop)));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -37,11 +41,33 @@ pub async fn ship_machines(repo: Repo, cache: PathBuf, stop: Arc<AtomicBool>) {
     }
 }
 
-async fn ship_one(repo: Repo, machine: String, spool: PathBuf, stop: Arc<AtomicBool>) {
+/// The repository's chunk index, loaded once for every machine's loop;
+/// endpoint errors are waited out. `None` when stopped first.
+async fn load_index(repo: &Repo, stop: &AtomicBool) -> Option<Arc<SharedIndex>> {
+    let mut backoff = Duration::from_secs(1);
+    while !stop.load(Ordering::Relaxed) {
+        match SharedIndex::load(repo).await {
+            Ok(i) => {
+                let n = i.chunks().await;
+                tracing::info!(chunks = n, "chunk index loaded for every machine's ship loop");
+                return Some(i);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, backoff_s = backoff.as_secs(), "cannot read the repository's indexes; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+    None
+}
+
+async fn ship_one(repo: Repo, machine: String, spool: PathBuf, index: Arc<SharedIndex>, stop: Arc<AtomicBool>) {
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         let mut o = ShipOptions::new(&spool);
         o.poll = Duration::from_millis(100);
+        o.index = Some(index.clone());
         // The status file in the machine's cache spool is what the fleet
         // view reads (published points, bytes not yet published).
         o.status = Some(Arc::new(std::sync::Mutex::new(ShipStatus {

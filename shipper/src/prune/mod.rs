@@ -16,6 +16,7 @@
 //!                     may hold them before any manifest does); packs in no
 //!                     index only when older than a day (a crashed shipper's
 //!                     leftovers, never a live shipper's pack in flight)
+//! mark                locks/pruned overwritten (shippers compare its ETag)
 //! release the lock
 //! ```
 //!
@@ -24,8 +25,8 @@
 //! goes only after no manifest and no index object refers to it.
 //!
 //! Shippers respect the lock: before a manifest they wait while it exists,
-//! and when an index object they knew has gone (prune consolidated) they
-//! reload the index and check that every chunk of the point is still there;
+//! and when the mark changed since they loaded their index (a prune
+//! consolidated the index objects) they reload the index and check that every chunk of the point is still there;
 //! if not, they re-ship the point from their cursor (the spool still holds
 //! it). A partly referenced pack is kept whole: packs are not repacked.
 
@@ -179,6 +180,9 @@ async fn prune_locked(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
     for (k, _) in &plan.doomed {
         repo.delete(k).await?;
     }
+    // Before the lock goes: a shipper that loaded its index before this
+    // prune sees the mark change and checks its point's chunks.
+    lock::mark_pruned(repo).await?;
     Ok(rep)
 }
 

@@ -10,6 +10,11 @@ use crate::error::{Result, ShipError};
 /// The lock object prune holds.
 pub const LOCK: &str = "locks/prune";
 
+/// Overwritten by every prune that replaced index objects, before it
+/// releases the lock: a shipper compares the mark's version with the one
+/// it loaded its index after (one HEAD per point).
+pub const PRUNED: &str = "locks/pruned";
+
 /// A lock older than this was left by a prune that died: shippers stop
 /// waiting for it and a new prune takes it over.
 pub const STALE_LOCK: Duration = Duration::from_secs(6 * 3600);
@@ -69,4 +74,19 @@ pub async fn wait_unlocked(repo: &Repo) -> Result<bool> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(waited)
+}
+
+/// Records that a prune replaced index objects (see [`PRUNED`]).
+pub async fn mark_pruned(repo: &Repo) -> Result<()> {
+    let body = serde_json::to_vec(&serde_json::json!({
+        "host": hrl_common::host_name(),
+        "time_ns": hrl_format::now_ns(),
+    }))
+    .map_err(|e| ShipError::Internal(format!("encode the prune mark: {e}")))?;
+    repo.put(PRUNED, body, false).await
+}
+
+/// The version (ETag) of prune's mark, `None` before any prune.
+pub async fn pruned_version(repo: &Repo) -> Result<Option<String>> {
+    repo.version(PRUNED).await
 }

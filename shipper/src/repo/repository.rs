@@ -494,6 +494,19 @@ impl Repo {
         }
     }
 
+    /// An object's version: its ETag (on a local directory, from inode,
+    /// size and modification time), or size and time when the store gives
+    /// none; `None` when it does not exist.
+    pub async fn version(&self, key: &str) -> Result<Option<String>> {
+        match self.store.head(&ObjPath::from(key)).await {
+            Ok(m) => Ok(Some(m.e_tag.unwrap_or_else(|| {
+                format!("{}-{}", m.size, m.last_modified.timestamp_nanos_opt().unwrap_or(0))
+            }))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err("stat", key, e)),
+        }
+    }
+
     pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes> {
         self.store
             .get_range(&ObjPath::from(key), start..end)

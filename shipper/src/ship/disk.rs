@@ -232,10 +232,11 @@ impl DiskShipper {
             return Ok(());
         }
         let ids: Vec<ChunkId> = par_map(batch, |(_, data)| repo.keys.chunk_id(data));
+        let indexed = known.contains_each(&ids).await;
         let mut fresh: Vec<usize> = Vec::new();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         for (i, id) in ids.iter().enumerate() {
-            if known.index.contains_key(id) || self.pending.contains_key(id) || !seen.insert(*id) {
+            if indexed[i] || self.pending.contains_key(id) || !seen.insert(*id) {
                 report.chunks_deduplicated += 1;
             } else {
                 fresh.push(i);
@@ -276,10 +277,9 @@ impl DiskShipper {
         self.flush_pack(repo, opts, report).await?;
         self.wait_uploads().await?;
         if !self.unindexed.is_empty() {
-            let key = repo.write_index(&self.unindexed).await?;
-            known.keys.insert(key);
+            repo.write_index(&self.unindexed).await?;
             self.unindexed.clear();
-            known.index.extend(self.pending.drain());
+            known.add(self.pending.drain()).await;
         }
         crate::ship::journal::append(
             &opts.spool,

@@ -20,6 +20,7 @@ pub mod run;
 pub mod spool_lock;
 pub mod status;
 
+pub use known::SharedIndex;
 pub use options::{ShipOptions, Throttle};
 pub use run::ship;
 pub use status::ShipReport;

@@ -23,6 +23,9 @@ pub struct ShipOptions {
     pub rpo_warn: Arc<AtomicU64>,
     /// Where the daemon publishes its status (metrics, status file).
     pub status: Option<SharedStatus>,
+    /// The chunk index shared with the other ship loops of this process
+    /// (the process server's); `None`: the loop loads its own.
+    pub index: Option<Arc<super::known::SharedIndex>>,
 }
 
 impl ShipOptions {
@@ -35,6 +38,7 @@ impl ShipOptions {
             upload: Arc::new(Throttle::new(0)),
             rpo_warn: Arc::new(AtomicU64::new(0)),
             status: None,
+            index: None,
         }
     }
 }

@@ -11,6 +11,7 @@ use super::known::Known;
 use super::options::ShipOptions;
 use super::status::ShipReport;
 use crate::error::{Result, ShipError};
+use crate::repo::crypto::ChunkId;
 use crate::repo::manifest::{self, ChunkRef, GroupRef, PointHeader};
 use crate::repo::Repo;
 
@@ -23,11 +24,10 @@ impl DiskShipper {
         self.wait_uploads().await?;
         crash_point!("ship-packs-written");
         if !self.unindexed.is_empty() {
-            let key = repo.write_index(&self.unindexed).await?;
+            repo.write_index(&self.unindexed).await?;
             crash_point!("ship-index-written");
-            known.keys.insert(key);
             self.unindexed.clear();
-            known.index.extend(self.pending.drain());
+            known.add(self.pending.drain()).await;
         }
         if !self.complete_after_prune(repo, known, opts, report, tag.seq).await? {
             return Ok(());
@@ -36,7 +36,9 @@ impl DiskShipper {
         // 3. manifest (once: a re-shipped point after a crash is not written again).
         let group = self.group_ref(tag);
         let key = manifest::point_key(&self.disk, tag.seq);
-        if repo.exists(&key).await? {
+        // Only the first point after a start can have been published
+        // already (by the run that crashed before saving its cursor).
+        if self.since_cp.is_none() && repo.exists(&key).await? {
             report.points_already_published += 1;
         } else {
             self.write_manifest(&p, &key, group.clone(), report).await?;
@@ -73,22 +75,17 @@ impl DiskShipper {
         if !waited && !known.changed(repo).await? {
             return Ok(true);
         }
-        *known = Known::load(repo).await?;
-        let missing = |w: &DiskShipper| {
-            w.window
-                .values()
-                .filter(|r| matches!(r, ChunkRef::Stored(id) if !known.index.contains_key(id)))
-                .count()
-        };
-        if missing(self) == 0 {
+        known.reload(repo).await?;
+        if missing(&self.window, known).await == 0 {
             return Ok(true);
         }
-        tracing::warn!(disk = %self.disk, point = seq, missing = missing(self), "prune removed chunks this point uses: shipping it again from the cursor");
+        let n = missing(&self.window, known).await;
+        tracing::warn!(disk = %self.disk, point = seq, missing = n, "prune removed chunks this point uses: shipping it again from the cursor");
         self.reset(&opts.spool)?;
         report.points_reshipped += 1;
         // What the window journal holds cannot be read again from the
         // spool: if prune took any of it, say so plainly.
-        let lost = missing(self);
+        let lost = missing(&self.window, known).await;
         if lost > 0 {
             return Err(ShipError::Point {
                 disk: self.disk.to_string(),
@@ -117,14 +114,29 @@ impl DiskShipper {
         }
     }
 
+    /// The point `seq` is a delta on (the disk's newest published point)
+    /// and how many points since the last checkpoint that one closes,
+    /// counting it. After this process published a point both are
+    /// remembered: listing the disk's manifests at every point cost the
+    /// store a listing that grows with the disk's history.
+    async fn base(&self, repo: &Repo, seq: u64) -> Result<(Option<u64>, u64)> {
+        if let Some((last, n)) = self.since_cp.filter(|&(last, _)| last < seq) {
+            return Ok((Some(last), n));
+        }
+        let earlier: Vec<u64> = manifest::list_points(repo, &self.disk)
+            .await?
+            .into_iter()
+            .filter(|&s| s < seq)
+            .collect();
+        Ok((earlier.last().copied(), self.since_checkpoint(repo, &earlier).await?))
+    }
+
     /// Points since the last checkpoint up to `earlier`'s newest, counting
-    /// it: remembered from the last publish when the base is unchanged,
-    /// else counted by walking back through the manifests.
+    /// it, by walking back through the manifests.
     async fn since_checkpoint(&self, repo: &Repo, earlier: &[u64]) -> Result<u64> {
-        match (earlier.last().copied(), self.since_cp) {
-            (None, _) => Ok(u64::MAX),
-            (Some(b), Some((last, n))) if b == last => Ok(n),
-            (Some(_), _) => {
+        match earlier.last().copied() {
+            None => Ok(u64::MAX),
+            Some(_) => {
                 let mut n = 0;
                 for &s in earlier.iter().rev() {
                     n += 1;
@@ -147,13 +159,7 @@ impl DiskShipper {
         report: &mut ShipReport,
     ) -> Result<()> {
         let (repo, header, tag) = (p.repo, p.header, p.tag);
-        let earlier: Vec<u64> = manifest::list_points(repo, &self.disk)
-            .await?
-            .into_iter()
-            .filter(|&s| s < tag.seq)
-            .collect();
-        let base = earlier.last().copied();
-        let since_cp = self.since_checkpoint(repo, &earlier).await?;
+        let (base, since_cp) = self.base(repo, tag.seq).await?;
         let checkpoint = base.is_none() || since_cp >= repo.config.checkpoint_every;
         let chunks = header.device_size.div_ceil(header.chunk_size as u64);
         let map = match (checkpoint, base) {
@@ -204,4 +210,16 @@ impl DiskShipper {
         tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
         Ok(())
     }
+}
+
+/// Chunks of `window` the index does not hold.
+async fn missing(window: &std::collections::BTreeMap<u64, ChunkRef>, known: &Known) -> usize {
+    let ids: Vec<ChunkId> = window
+        .values()
+        .filter_map(|r| match r {
+            ChunkRef::Stored(id) => Some(*id),
+            ChunkRef::Zero => None,
+        })
+        .collect();
+    known.contains_each(&ids).await.iter().filter(|&&b| !b).count()
 }

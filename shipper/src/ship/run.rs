@@ -56,8 +56,7 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
         if failed {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(60));
-            // What the failed uploads left half done is found again.
-            known = Known::load(repo).await.unwrap_or(known);
+            known.after_failure(repo).await;
             continue;
         }
         backoff = Duration::from_secs(1);
@@ -79,8 +78,12 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
     Ok(report)
 }
 
-/// Loads the repository's index; a daemon waits out endpoint errors.
+/// Loads the repository's index (or takes the one shared with other
+/// loops); a daemon waits out endpoint errors.
 async fn open_index(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<Known> {
+    if let Some(shared) = &opts.index {
+        return Ok(Known::shared(shared.clone()).await);
+    }
     let mut wait = Duration::from_secs(1);
     loop {
         match Known::load(repo).await {
