@@ -134,9 +134,12 @@ pub fn a_policy_set_on_the_gateway_drives_the_agents_points_and_retention() {
         let gaps: Vec<f64> = app.windows(2).map(|g| (g[1] - g[0]) as f64 / 1e9).collect();
         eprintln!("{name}: {} points, app points {gaps:.1?} s apart", pts.len());
         assert!(app.len() >= 2, "{name}: app points after the change: {app:?}");
+        // An app point is due every 6 s, counted from when the last was
+        // due (not taken), and is taken at a point tick (2 s): a late one
+        // is followed by a shorter gap. Under load gaps of 5.4 s were seen.
         assert!(
-            gaps.iter().all(|g| (5.5..=8.5).contains(g)),
-            "{name}: app points are not 6 s apart (one 2 s interval of slack): {gaps:?}"
+            gaps.iter().all(|g| (4.0..=8.5).contains(g)),
+            "{name}: app points are not 6 s apart (one 2 s interval of slack either way): {gaps:?}"
         );
     }
 

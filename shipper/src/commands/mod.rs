@@ -157,6 +157,13 @@ pub enum Cmd {
     Check(check::Args),
 }
 
+impl Cmd {
+    /// `run --identity`: the forwarder, which runs on one thread.
+    pub fn forwards(&self) -> bool {
+        matches!(self, Cmd::Run(a) if a.forwards())
+    }
+}
+
 /// Runs a parsed command; the exit code on success (1: it ran, but found
 /// a difference or a problem).
 pub async fn dispatch(cmd: Cmd) -> Result<u8> {

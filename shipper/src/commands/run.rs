@@ -59,6 +59,13 @@ pub struct Args {
     gateway: Option<String>,
 }
 
+impl Args {
+    /// Forwards to a process server rather than shipping.
+    pub fn forwards(&self) -> bool {
+        self.identity.is_some()
+    }
+}
+
 /// The file's config with the flags laid over it.
 fn config(a: &Args) -> Result<ShipperConfig> {
     let mut cfg = match &a.config {

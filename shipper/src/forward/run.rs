@@ -42,7 +42,11 @@ impl ForwardOptions {
         ForwardOptions {
             spool: spool.into(),
             once: false,
-            poll: Duration::from_millis(100),
+            // Each check costs the protected machine a wake-up, a look at
+            // the spool directory and a stat: every 100 ms that was 0.25%
+            // of a core for an idle forwarder; 250 ms adds at most 0.15 s
+            // to the RPO.
+            poll: Duration::from_millis(250),
             status: None,
         }
     }

@@ -31,18 +31,19 @@ pub(super) async fn point(
     (method, verb): (&Method, &str),
     body: &[u8],
 ) -> std::result::Result<Vec<u8>, Reply> {
-    let (from, count) = range(r.query)?;
     let failed = |what: &str, e: ShipError| {
         tracing::error!(machine = %r.machine, disk = %r.disk, point = r.seq, error = %e, "{what} a point for a machine failed");
         refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     };
     match (method, verb) {
         (&Method::GET, "chunks") => {
+            let (from, count) = range(r.query)?;
             let count = count.ok_or_else(|| bad("count=N is missing"))?;
             let p = reader(gw, r.machine, r.disk, r.seq).await?;
             p.read(&gw.repo, from, count).await.map_err(|e| failed("reading", e))
         }
         (&Method::POST, "differ") => {
+            let (from, _) = range(r.query)?;
             if body.len() % 32 != 0 || body.len() as u64 / 32 > MAX_CHUNKS {
                 tracing::warn!(machine = %r.machine, peer = %r.peer, disk = %r.disk, bytes = body.len(), "refused: a malformed failback comparison");
                 return Err(bad(format!(
@@ -72,7 +73,7 @@ pub(super) async fn own_points(gw: &Gateway, d: &Uuid) -> crate::error::Result<V
     Ok(json!(out))
 }
 
-/// `from=I` and `count=N` of a point request (count 0 when absent).
+/// `from=I` and `count=N` (if given) of a point request.
 fn range(q: Option<&str>) -> std::result::Result<(u64, Option<u64>), Reply> {
     let mut from = None;
     let mut count = None;
