@@ -61,19 +61,28 @@ pub fn run(a: Args) -> Result<u8> {
                 if ds.rpo_exceeded { "EXCEEDED" } else { "ok" }
             );
         }
-        if let Some(e) = &st.last_error {
-            println!("last error: {e}");
-        }
-        if let Some(m) = &st.metrics {
-            println!("metrics: http://{m}/metrics");
-        }
+        print_last(st.last_error.as_deref(), st.metrics.as_deref());
     }
-    // A status file nobody updates: the shipper is not running.
+    Ok(staleness(age, "shipper"))
+}
+
+/// The last error and the metrics address, under either status.
+fn print_last(error: Option<&str>, metrics: Option<&str>) {
+    if let Some(e) = error {
+        println!("last error: {e}");
+    }
+    if let Some(m) = metrics {
+        println!("metrics: http://{m}/metrics");
+    }
+}
+
+/// Exit 1 for a status file nobody updates: its writer is not running.
+fn staleness(age: f64, who: &str) -> u8 {
     if age > 10.0 {
-        eprintln!("hrl-shipper: the status is {age:.0}s old: is the shipper running on this spool?");
-        return Ok(1);
+        eprintln!("hrl-shipper: the status is {age:.0}s old: is the {who} running on this spool?");
+        return 1;
     }
-    Ok(0)
+    0
 }
 
 /// The forwarder's status (`run --identity`).
@@ -107,16 +116,7 @@ fn forwarder(a: &Args) -> Result<u8> {
                 hrl_format::human_bytes(ds.pending_bytes)
             );
         }
-        if let Some(e) = &st.last_error {
-            println!("last error: {e}");
-        }
-        if let Some(m) = &st.metrics {
-            println!("metrics: http://{m}/metrics");
-        }
+        print_last(st.last_error.as_deref(), st.metrics.as_deref());
     }
-    if age > 10.0 {
-        eprintln!("hrl-shipper: the status is {age:.0}s old: is the forwarder running on this spool?");
-        return Ok(1);
-    }
-    Ok(0)
+    Ok(staleness(age, "forwarder"))
 }

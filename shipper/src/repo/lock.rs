@@ -21,12 +21,7 @@ pub const STALE_LOCK: Duration = Duration::from_secs(6 * 3600);
 
 /// Takes the prune lock (conditional create). A stale lock is replaced.
 pub async fn take(repo: &Repo) -> Result<()> {
-    let body = serde_json::to_vec(&serde_json::json!({
-        "host": hrl_common::host_name(),
-        "pid": std::process::id(),
-        "time_ns": hrl_format::now_ns(),
-    }))
-    .map_err(|e| ShipError::Internal(format!("encode the prune lock: {e}")))?;
+    let body = stamp()?;
     if repo.put_new(LOCK, body.clone()).await? {
         return Ok(());
     }
@@ -78,12 +73,17 @@ pub async fn wait_unlocked(repo: &Repo) -> Result<bool> {
 
 /// Records that a prune replaced index objects (see [`PRUNED`]).
 pub async fn mark_pruned(repo: &Repo) -> Result<()> {
-    let body = serde_json::to_vec(&serde_json::json!({
+    repo.put(PRUNED, stamp()?, false).await
+}
+
+/// Who and when, the body of the lock and of the mark.
+fn stamp() -> Result<Vec<u8>> {
+    serde_json::to_vec(&serde_json::json!({
         "host": hrl_common::host_name(),
+        "pid": std::process::id(),
         "time_ns": hrl_format::now_ns(),
     }))
-    .map_err(|e| ShipError::Internal(format!("encode the prune mark: {e}")))?;
-    repo.put(PRUNED, body, false).await
+    .map_err(|e| ShipError::Internal(format!("encode the prune lock: {e}")))
 }
 
 /// The version (ETag) of prune's mark, `None` before any prune.
