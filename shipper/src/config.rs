@@ -8,6 +8,7 @@
 //! metrics_listen = "127.0.0.1:9562"  # "" for none
 //! rpo_warn = "5m"                     # 0: never
 //! upload_rate = "0"                   # bytes/s, e.g. "50MiB"; 0: unlimited
+//! lease_period = "30s"                # a disk's lease is taken over after this unrenewed
 //! ```
 //!
 //! Sizes and durations use the grammar of `hrl_common::units` (MB = MiB).
@@ -29,6 +30,7 @@ struct FileConfig {
     metrics_listen: Option<String>,
     rpo_warn: Option<HumanDuration>,
     upload_rate: Option<ByteSize>,
+    lease_period: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,6 +42,8 @@ pub struct ShipperConfig {
     pub rpo_warn: Duration,
     /// Bytes per second; 0: unlimited.
     pub upload_rate: u64,
+    /// Disk leases (`repo::lease`): renewed every third of it.
+    pub lease_period: Duration,
 }
 
 impl Default for ShipperConfig {
@@ -51,6 +55,7 @@ impl Default for ShipperConfig {
             metrics_listen: "127.0.0.1:9562".into(),
             rpo_warn: Duration::from_secs(300),
             upload_rate: 0,
+            lease_period: crate::repo::lease::LeaseOptions::DEFAULT_PERIOD,
         }
     }
 }
@@ -77,6 +82,9 @@ impl ShipperConfig {
         }
         if let Some(v) = f.upload_rate {
             c.upload_rate = v.bytes();
+        }
+        if f.lease_period.is_some() {
+            c.lease_period = crate::repo::lease::period(f.lease_period.map(Into::into))?;
         }
         Ok(c)
     }

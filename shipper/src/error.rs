@@ -63,6 +63,17 @@ pub enum ShipError {
         when: String,
         hint: String,
     },
+    /// Another shipper took the disk's lease over: this one stops
+    /// publishing it (promise: one shipper per disk).
+    #[error("disk {disk}: lease generation {generation} lost ({why}); this shipper publishes no more of its points")]
+    LeaseLost { disk: String, generation: u64, why: String },
+    /// Another shipper holds the disk's lease.
+    #[error("disk {disk} is being shipped by {holder} (lease generation {generation}); one shipper per disk: stop that one, or wait until its lease expires (docs/operations.md)")]
+    Leased {
+        disk: String,
+        holder: String,
+        generation: u64,
+    },
 }
 
 /// What kind of failure an error is; the kind decides the exit code.
@@ -100,7 +111,9 @@ impl ShipError {
             | ShipError::Format(_)
             | ShipError::Corrupt { .. }
             | ShipError::Point { .. }
-            | ShipError::Fenced { .. } => ErrorKind::Failed,
+            | ShipError::Fenced { .. }
+            | ShipError::LeaseLost { .. }
+            | ShipError::Leased { .. } => ErrorKind::Failed,
         }
     }
 

@@ -336,6 +336,7 @@ async fn standby() {
         .unwrap()
         .is_empty()
     {
+        assert!(!shipping.is_finished(), "the shipper stopped before its first point");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let mut c = standby(true);

@@ -48,6 +48,10 @@ pub struct Args {
     /// Pack upload limit in bytes per second, e.g. 50MiB; 0: none [default: 0].
     #[arg(long)]
     upload_rate: Option<ByteSize>,
+    /// Another shipper takes a disk over after its lease went this long
+    /// unrenewed; at least 3s [default: 30s].
+    #[arg(long)]
+    lease_period: Option<HumanDuration>,
     /// Forward the spool to a process server instead of shipping it: this
     /// machine's identity file (from `hrl-shipper enroll`). No --repo or
     /// key file is needed or used.
@@ -89,6 +93,9 @@ fn config(a: &Args) -> Result<ShipperConfig> {
     }
     if let Some(v) = a.upload_rate {
         cfg.upload_rate = v.bytes();
+    }
+    if a.lease_period.is_some() {
+        cfg.lease_period = crate::repo::lease::period(a.lease_period.map(Into::into))?;
     }
     Ok(cfg)
 }
@@ -208,6 +215,7 @@ pub async fn run(a: Args) -> Result<u8> {
     o.delete_shipped = !a.keep_shipped;
     o.upload.rate.store(cfg.upload_rate, Ordering::Relaxed);
     o.rpo_warn.store(cfg.rpo_warn.as_secs(), Ordering::Relaxed);
+    o.lease.period = cfg.lease_period;
     if !a.once {
         let st = Arc::new(Mutex::new(ShipStatus {
             repo: url.clone(),

@@ -15,6 +15,7 @@
 //! stuck_after = "1h"                    # fleet alert: a disk in bitmap or resync
 //! webhook = "https://alerts.example/hrl" # optional: alerts POSTed as JSON
 //! policy_file = "/etc/hrl/policies.toml" # replication policies (gateway/policy.rs)
+//! lease_period = "30s"                  # a disk's lease is taken over after this unrenewed
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,7 @@ pub struct GatewayFile {
     pub stuck_after: Option<HumanDuration>,
     pub webhook: Option<String>,
     pub policy_file: Option<PathBuf>,
+    pub lease_period: Option<HumanDuration>,
 }
 
 /// Thresholds of the fleet view's alerts, and where alerts are sent.
@@ -76,6 +78,9 @@ pub struct GatewayConfig {
     pub fleet: FleetSettings,
     /// Replication policies, watched (None: agents keep their own config).
     pub policy_file: Option<PathBuf>,
+    /// Disk leases: another process server takes a disk over after this
+    /// long without a renewal.
+    pub lease_period: std::time::Duration,
 }
 
 /// The default state directory.
@@ -114,6 +119,7 @@ impl GatewayFile {
             webhook: self.webhook,
         };
         let policy_file = self.policy_file;
+        let lease_period = crate::repo::lease::period(self.lease_period.map(Into::into))?;
         Ok(GatewayConfig {
             listen: self.listen.unwrap_or_else(|| "0.0.0.0:9443".into()),
             repo: self.repo.ok_or_else(|| missing("repo"))?,
@@ -124,6 +130,7 @@ impl GatewayFile {
             tls,
             fleet,
             policy_file,
+            lease_period,
         })
     }
 }

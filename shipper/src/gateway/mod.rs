@@ -76,7 +76,12 @@ pub async fn serve(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<(Serving
         .local_addr()
         .map_err(|e| ShipError::io(&cfg.listen, "local address", e))?;
     tracing::info!(address = %addr, fingerprint = %fingerprint, repo = %repo.url, cache = %cfg.cache_dir.display(), "process server listening");
-    let shipping = tokio::spawn(ship::ship_machines(repo, cfg.cache_dir.clone(), stop.clone()));
+    let shipping = tokio::spawn(ship::ship_machines(
+        repo,
+        cfg.cache_dir.clone(),
+        cfg.lease_period,
+        stop.clone(),
+    ));
     tokio::spawn(watch::watch(gw.clone(), stop.clone()));
     tokio::spawn(retention::schedule(gw.clone(), stop.clone()));
     let task = tokio::spawn(async move {

@@ -16,7 +16,7 @@ use crate::ship::{ship, SharedIndex, ShipOptions};
 /// Starts a ship task for every machine directory that appears under
 /// `cache`, until `stop`. A task that fails starts again after a backoff
 /// (its cursor makes that safe).
-pub async fn ship_machines(repo: Repo, cache: PathBuf, stop: Arc<AtomicBool>) {
+pub async fn ship_machines(repo: Repo, cache: PathBuf, lease_period: Duration, stop: Arc<AtomicBool>) {
     let Some(index) = load_index(&repo, &stop).await else {
         return;
     };
@@ -31,7 +31,10 @@ pub async fn ship_machines(repo: Repo, cache: PathBuf, stop: Arc<AtomicBool>) {
                     continue;
                 }
                 let (repo, spool, stop, index) = (repo.clone(), e.path(), stop.clone(), index.clone());
-                tasks.insert(name.clone(), tokio::spawn(ship_one(repo, name, spool, index, stop)));
+                tasks.insert(
+                    name.clone(),
+                    tokio::spawn(ship_one(repo, name, spool, index, lease_period, stop)),
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -62,12 +65,20 @@ async fn load_index(repo: &Repo, stop: &AtomicBool) -> Option<Arc<SharedIndex>> 
     None
 }
 
-async fn ship_one(repo: Repo, machine: String, spool: PathBuf, index: Arc<SharedIndex>, stop: Arc<AtomicBool>) {
+async fn ship_one(
+    repo: Repo,
+    machine: String,
+    spool: PathBuf,
+    index: Arc<SharedIndex>,
+    lease_period: Duration,
+    stop: Arc<AtomicBool>,
+) {
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
         let mut o = ShipOptions::new(&spool);
         o.poll = Duration::from_millis(100);
         o.index = Some(index.clone());
+        o.lease.period = lease_period;
         // The status file in the machine's cache spool is what the fleet
         // view reads (published points, bytes not yet published).
         o.status = Some(Arc::new(std::sync::Mutex::new(ShipStatus {

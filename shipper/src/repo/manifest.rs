@@ -48,6 +48,10 @@ pub struct PointHeader {
     /// A label a point hook attached (`HRL_LABEL=...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// The lease generation its shipper held (`repo::lease`); absent in
+    /// manifests written before leases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 impl PointHeader {

@@ -1,6 +1,6 @@
 //! The repository on blob storage: its config and keys, the encryption of
 //! everything in it, packs and index objects, point manifests,
-//! consistency-group records, failover fences and the prune lock. The byte
+//! consistency-group records, failover fences, the prune lock and disk leases. The byte
 //! layout is specified in docs/repository-format.md.
 //!
 //! Owns: every object name and every encoding of the repository, and
@@ -9,12 +9,13 @@
 //! writes a restore target; those are `crate::ship` and `crate::restore`.
 //!
 //! Leaves first: `crypto` and `pack` (pure formats), `repository` (the
-//! store and durable writes), then `manifest`, `disks` (names), `groups`, `fence`, `lock`.
+//! store and durable writes), then `manifest`, `disks` (names), `groups`, `fence`, `lock`, `lease`.
 
 pub mod crypto;
 pub mod disks;
 pub mod fence;
 pub mod groups;
+pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod pack;

@@ -61,6 +61,14 @@ pub(super) struct DiskShipper {
     /// (newest point published, points since the last checkpoint
     /// including it), so a publish need not read manifests to know.
     pub(super) since_cp: Option<(u64, u64)>,
+    /// The disk's lease while this shipper holds it (`ship/lease.rs`).
+    pub(super) lease: Option<crate::repo::lease::Lease>,
+    /// What was seen of another holder's lease while waiting for it.
+    pub(super) watch: crate::repo::lease::Watch,
+    /// Not before this (lease clock) does a waiting shipper look again.
+    pub(super) next_claim: Option<std::time::Duration>,
+    /// The holder last reported as holding the lease (logged once).
+    pub(super) waiting_for: Option<String>,
 }
 
 /// Pack uploads in flight per disk: enough to keep a remote endpoint busy
@@ -96,6 +104,10 @@ impl DiskShipper {
             label: None,
             window_log: Vec::new(),
             since_cp: None,
+            lease: None,
+            watch: Default::default(),
+            next_claim: None,
+            waiting_for: None,
         })
     }
 
@@ -147,12 +159,18 @@ impl DiskShipper {
         report: &mut ShipReport,
         stop: &AtomicBool,
     ) -> Result<bool> {
+        if !self.hold_lease(repo, opts).await? {
+            return Ok(false);
+        }
         let mut any = false;
         // Non-zero chunks are batched (up to BATCH) and hashed and sealed
         // on all cores; every other record first flushes the batch so log
         // order is kept.
         let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH);
         while !stop.load(Ordering::Relaxed) {
+            if let Some(l) = &mut self.lease {
+                l.renew_if_due(repo).await?;
+            }
             let Some(f) = self.follower.try_next()? else { break };
             any = true;
             if f.header.chunk_size != repo.config.chunk_size {

@@ -14,6 +14,7 @@ mod cursor;
 mod disk;
 pub mod journal;
 mod known;
+mod lease;
 pub mod options;
 mod publish;
 pub mod run;

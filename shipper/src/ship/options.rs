@@ -26,12 +26,20 @@ pub struct ShipOptions {
     /// The chunk index shared with the other ship loops of this process
     /// (the process server's); `None`: the loop loads its own.
     pub index: Option<Arc<super::known::SharedIndex>>,
+    /// Who this shipper is to the disks' leases, and their timing.
+    pub lease: crate::repo::lease::LeaseOptions,
 }
 
 impl ShipOptions {
     pub fn new(spool: impl Into<PathBuf>) -> Self {
+        let spool: PathBuf = spool.into();
+        // The holder names the spool as the file system does, so a restart
+        // with a relative path takes its own lease back at once.
+        let path = std::fs::canonicalize(&spool).unwrap_or_else(|_| spool.clone());
+        let holder = format!("{}:{}", hrl_common::host_name(), path.display());
         ShipOptions {
-            spool: spool.into(),
+            lease: crate::repo::lease::LeaseOptions::new(holder),
+            spool,
             once: false,
             delete_shipped: true,
             poll: Duration::from_millis(200),

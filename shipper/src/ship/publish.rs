@@ -33,6 +33,7 @@ impl DiskShipper {
             return Ok(());
         }
         crate::repo::fence::check_fence(repo, &self.disk).await?;
+        let lease = self.check_lease(repo).await?;
         // 3. manifest (once: a re-shipped point after a crash is not written again).
         let group = self.group_ref(tag);
         let key = manifest::point_key(&self.disk, tag.seq);
@@ -41,7 +42,7 @@ impl DiskShipper {
         if self.since_cp.is_none() && repo.exists(&key).await? {
             report.points_already_published += 1;
         } else {
-            self.write_manifest(&p, &key, group.clone(), report).await?;
+            self.write_manifest(&p, &key, group.clone(), lease, report).await?;
         }
         // 3b. the group member object, after the manifest it names (again
         // after a crash: it is idempotent).
@@ -156,6 +157,7 @@ impl DiskShipper {
         p: &Publish<'_>,
         key: &str,
         group: Option<GroupRef>,
+        lease: u64,
         report: &mut ShipReport,
     ) -> Result<()> {
         let (repo, header, tag) = (p.repo, p.header, p.tag);
@@ -199,16 +201,48 @@ impl DiskShipper {
             host: self.identity.as_ref().map(|i| i.host.clone()),
             name: self.identity.as_ref().map(|i| i.name.clone()),
             label: self.label.take().filter(|l| l.seq == tag.seq).map(|l| l.text),
+            lease: Some(lease),
         };
         let body = manifest::encode(repo, &h, &map)?;
         report.upload_bytes += body.len() as u64;
-        repo.put(key, body, true).await?;
+        let written = self.put_manifest(repo, key, body, tag.seq, lease).await?;
         crash_point!("ship-manifest-written");
         self.since_cp = Some((tag.seq, if checkpoint { 1 } else { since_cp.saturating_add(1) }));
+        if !written {
+            report.points_already_published += 1;
+            return Ok(());
+        }
         report.points_published += 1;
         report.published.push((self.disk, tag.seq));
         tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
         Ok(())
+    }
+}
+
+impl DiskShipper {
+    /// Creates the manifest only if absent; `false` when the point was
+    /// there already. One already there under this shipper's lease
+    /// generation is its own earlier attempt (the answer lost); under an
+    /// older one, the previous holder published it before this shipper
+    /// took the disk (its spool held the point too). Under a newer one, a
+    /// newer holder published it: this shipper has lost the disk.
+    async fn put_manifest(&self, repo: &Repo, key: &str, body: Vec<u8>, seq: u64, lease: u64) -> Result<bool> {
+        if repo.put_new(key, body).await? {
+            return Ok(true);
+        }
+        let (there, _) = manifest::load(repo, &self.disk, seq).await?;
+        match there.lease {
+            Some(g) if g > lease => Err(ShipError::LeaseLost {
+                disk: self.disk.to_string(),
+                generation: lease,
+                why: format!("point {seq} was published under generation {g}"),
+            }),
+            Some(g) if g == lease => {
+                tracing::debug!(disk = %self.disk, point = seq, "manifest already written by an earlier attempt");
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
 

@@ -50,7 +50,14 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
                     d.reset(&opts.spool)?;
                     failed = true;
                 }
-                Err(e) => return Err(e),
+                Err(e @ ShipError::LeaseLost { .. }) if !opts.once => {
+                    tracing::error!(disk = %d.disk, error = %e, "lost the disk's lease: it is another shipper's now; this one waits to take it back");
+                    d.drop_lease(&opts.spool)?;
+                }
+                Err(e) => {
+                    release(repo, &mut disks).await;
+                    return Err(e);
+                }
             }
         }
         if failed {
@@ -75,7 +82,15 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
             tokio::time::sleep(opts.poll).await;
         }
     }
+    release(repo, &mut disks).await;
     Ok(report)
+}
+
+/// Gives up every lease held (a clean stop or a failed `--once`).
+async fn release(repo: &Repo, disks: &mut [DiskShipper]) {
+    for d in disks {
+        d.release_lease(repo).await;
+    }
 }
 
 /// Loads the repository's index (or takes the one shared with other

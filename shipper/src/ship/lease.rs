@@ -1,0 +1,82 @@
+//! A disk is shipped only under its lease (`repo::lease`): taken before
+//! the first record is read, renewed while records are read, checked
+//! before every manifest, given up on a clean stop.
+
+use std::time::Duration;
+
+use super::disk::DiskShipper;
+use super::options::ShipOptions;
+use crate::error::{Result, ShipError};
+use crate::repo::lease::{self, Claim};
+use crate::repo::Repo;
+
+/// How often a shipper waiting for a disk looks at its lease again.
+fn claim_interval(opts: &ShipOptions) -> Duration {
+    opts.lease.period / 6
+}
+
+impl DiskShipper {
+    /// Holds the disk's lease, renewed when due. `false`: another shipper
+    /// holds it (with `--once`, an error says who).
+    pub(super) async fn hold_lease(&mut self, repo: &Repo, opts: &ShipOptions) -> Result<bool> {
+        if let Some(l) = &mut self.lease {
+            l.renew_if_due(repo).await?;
+            return Ok(true);
+        }
+        let now = opts.lease.clock.now();
+        if self.next_claim.is_some_and(|t| now < t) {
+            return Ok(false);
+        }
+        self.next_claim = Some(now + claim_interval(opts));
+        match lease::claim(repo, &self.disk, &opts.lease, &mut self.watch).await? {
+            Claim::Held(l) => {
+                self.lease = Some(l);
+                self.next_claim = None;
+                Ok(true)
+            }
+            Claim::Busy { holder, generation } if opts.once => Err(ShipError::Leased {
+                disk: self.disk.to_string(),
+                holder,
+                generation,
+            }),
+            Claim::Busy { holder, generation } => {
+                if self.waiting_for.as_deref() != Some(holder.as_str()) {
+                    tracing::warn!(disk = %self.disk, holder = %holder, generation, "another shipper holds this disk's lease: waiting until it stops renewing it");
+                    self.waiting_for = Some(holder);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Before a manifest: errors with `LeaseLost` unless the lease is still
+    /// this shipper's.
+    pub(super) async fn check_lease(&self, repo: &Repo) -> Result<u64> {
+        match &self.lease {
+            Some(l) => {
+                l.check_publish(repo).await?;
+                Ok(l.generation)
+            }
+            None => Err(ShipError::Internal(format!(
+                "disk {}: publishing without its lease",
+                self.disk
+            ))),
+        }
+    }
+
+    /// After `LeaseLost`: forget the window and claim again.
+    pub(super) fn drop_lease(&mut self, spool: &std::path::Path) -> Result<()> {
+        self.lease = None;
+        self.waiting_for = None;
+        self.reset(spool)
+    }
+
+    /// A clean stop: the next shipper of the disk need not wait a period.
+    pub(super) async fn release_lease(&mut self, repo: &Repo) {
+        if let Some(l) = self.lease.take() {
+            if let Err(e) = l.release(repo).await {
+                tracing::warn!(disk = %self.disk, error = %e, "could not release the disk's lease; the next shipper waits for it to expire");
+            }
+        }
+    }
+}
