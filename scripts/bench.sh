@@ -34,6 +34,9 @@ gateway)
 azure)
     exec bash scripts/bench-azure.sh
     ;;
+index)
+    exec bash scripts/bench-index.sh
+    ;;
 memory)
     exec bash scripts/bench-memory.sh
     ;;
@@ -41,7 +44,7 @@ reboot)
     exec bash scripts/bench-reboot.sh
     ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | azure | memory | reboot" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | index | azure | memory | reboot" >&2
     exit 2
     ;;
 esac

@@ -67,6 +67,10 @@ pub enum ShipError {
     /// publishing it (promise: one shipper per disk).
     #[error("disk {disk}: lease generation {generation} lost ({why}); this shipper publishes no more of its points")]
     LeaseLost { disk: String, generation: u64, why: String },
+    /// The local chunk index file failed (it is rebuilt from the
+    /// repository when it cannot be opened).
+    #[error("chunk index {path}: {why}")]
+    Index { path: PathBuf, why: String },
     /// Another shipper holds the disk's lease.
     #[error("disk {disk} is being shipped by {holder} (lease generation {generation}); one shipper per disk: stop that one, or wait until its lease expires (docs/operations.md)")]
     Leased {
@@ -113,6 +117,7 @@ impl ShipError {
             | ShipError::Point { .. }
             | ShipError::Fenced { .. }
             | ShipError::LeaseLost { .. }
+            | ShipError::Index { .. }
             | ShipError::Leased { .. } => ErrorKind::Failed,
         }
     }

@@ -31,6 +31,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod gateway;
+pub mod index;
 pub mod plan;
 pub mod private_file;
 pub mod prune;

@@ -26,10 +26,12 @@ pub async fn run(a: Args) -> Result<u8> {
             eprintln!("problem: {}: {}", p.object, p.what);
         }
         println!(
-            "{} points, {} referenced chunks, {} packs{}: {}",
+            "{} points, {} referenced chunks, {} packs, {} chunks stored twice ({}){}: {}",
             rep.points,
             rep.referenced_chunks,
             rep.packs,
+            rep.duplicate_chunks,
+            hrl_format::human_bytes(rep.duplicate_bytes),
             if a.read_data {
                 format!(", {} chunks read and verified", rep.chunks_read)
             } else {

@@ -79,6 +79,7 @@ pub async fn serve(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<(Serving
     let shipping = tokio::spawn(ship::ship_machines(
         repo,
         cfg.cache_dir.clone(),
+        cfg.state_dir.clone(),
         cfg.lease_period,
         stop.clone(),
     ));

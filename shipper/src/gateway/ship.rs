@@ -4,7 +4,7 @@
 //! publish order and promises of the local shipper.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +16,8 @@ use crate::ship::{ship, SharedIndex, ShipOptions};
 /// Starts a ship task for every machine directory that appears under
 /// `cache`, until `stop`. A task that fails starts again after a backoff
 /// (its cursor makes that safe).
-pub async fn ship_machines(repo: Repo, cache: PathBuf, lease_period: Duration, stop: Arc<AtomicBool>) {
-    let Some(index) = load_index(&repo, &stop).await else {
+pub async fn ship_machines(repo: Repo, cache: PathBuf, state: PathBuf, lease_period: Duration, stop: Arc<AtomicBool>) {
+    let Some(index) = load_index(&repo, &state.join(INDEX_FILE), &stop).await else {
         return;
     };
     let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
@@ -44,15 +44,19 @@ pub async fn ship_machines(repo: Repo, cache: PathBuf, lease_period: Duration, s
     }
 }
 
+/// The chunk index file in the state directory: memory stays bounded
+/// however large the repository grows.
+pub const INDEX_FILE: &str = "chunk-index.redb";
+
 /// The repository's chunk index, loaded once for every machine's loop;
 /// endpoint errors are waited out. `None` when stopped first.
-async fn load_index(repo: &Repo, stop: &AtomicBool) -> Option<Arc<SharedIndex>> {
+async fn load_index(repo: &Repo, file: &Path, stop: &AtomicBool) -> Option<Arc<SharedIndex>> {
     let mut backoff = Duration::from_secs(1);
     while !stop.load(Ordering::Relaxed) {
-        match SharedIndex::load(repo).await {
+        match SharedIndex::load(repo, Some(file)).await {
             Ok(i) => {
-                let n = i.chunks().await;
-                tracing::info!(chunks = n, "chunk index loaded for every machine's ship loop");
+                let n = i.chunks().await.unwrap_or(0);
+                tracing::info!(chunks = n, file = %file.display(), "chunk index loaded for every machine's ship loop");
                 return Some(i);
             }
             Err(e) => {

@@ -561,12 +561,15 @@ impl Repo {
     pub async fn load_index(&self) -> Result<HashMap<ChunkId, Location>> {
         let mut map = HashMap::new();
         for (key, _) in self.list("index").await? {
-            let blob = self.get(&key).await?;
-            for (id, loc) in decode_index(&self.keys, &key, &blob)? {
-                map.insert(id, loc);
-            }
+            map.extend(self.load_index_object(&key).await?);
         }
         Ok(map)
+    }
+
+    /// The entries of one index object.
+    pub async fn load_index_object(&self, key: &str) -> Result<Vec<(ChunkId, Location)>> {
+        let blob = self.get(key).await?;
+        decode_index(&self.keys, key, &blob)
     }
 
     /// Writes an index object for `packs` (durably); returns its key.

@@ -250,7 +250,7 @@ impl DiskShipper {
             return Ok(());
         }
         let ids: Vec<ChunkId> = par_map(batch, |(_, data)| repo.keys.chunk_id(data));
-        let indexed = known.contains_each(&ids).await;
+        let indexed = known.contains_each(&ids).await?;
         let mut fresh: Vec<usize> = Vec::new();
         let mut seen: HashSet<ChunkId> = HashSet::new();
         for (i, id) in ids.iter().enumerate() {
@@ -295,9 +295,9 @@ impl DiskShipper {
         self.flush_pack(repo, opts, report).await?;
         self.wait_uploads().await?;
         if !self.unindexed.is_empty() {
-            repo.write_index(&self.unindexed).await?;
+            let key = repo.write_index(&self.unindexed).await?;
             self.unindexed.clear();
-            known.add(self.pending.drain()).await;
+            known.add(&key, self.pending.drain()).await?;
         }
         crate::ship::journal::append(
             &opts.spool,

@@ -4,12 +4,14 @@
 //! soon as their index object is durable) and the gateway holds one copy
 //! of the index, not one per machine.
 
-use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::RwLock;
 
 use crate::error::Result;
+use crate::index::ChunkIndex;
 use crate::repo::crypto::ChunkId;
 use crate::repo::lock;
 use crate::repo::pack::Location;
@@ -20,25 +22,51 @@ use crate::repo::Repo;
 pub struct SharedIndex {
     /// A reload holds the write lock from listing to replacing, so no
     /// entry another loop adds meanwhile can be lost.
-    inner: RwLock<(HashMap<ChunkId, Location>, Option<String>)>,
+    inner: RwLock<(ChunkIndex, Option<String>)>,
+    /// When index objects other shippers wrote were last looked for.
+    refreshed: std::sync::Mutex<Instant>,
 }
 
+/// How often a shipper with an index file reads the index objects other
+/// shippers (other process servers) wrote since: their chunks are then
+/// not stored again. Until then a chunk stored concurrently elsewhere may
+/// be stored twice (counted by `check`), never wrongly.
+pub const REFRESH: Duration = Duration::from_secs(60);
+
 impl SharedIndex {
-    /// Loads the repository's index.
-    pub async fn load(repo: &Repo) -> Result<Arc<Self>> {
+    /// Loads the repository's index, into memory or the file `file`.
+    pub async fn load(repo: &Repo, file: Option<&Path>) -> Result<Arc<Self>> {
         // The mark first: a prune that ends while the index loads shows
         // as a change at the next point (a reload too many, never one
         // too few).
         let version = lock::pruned_version(repo).await?;
-        let map = repo.load_index().await?;
+        let index = ChunkIndex::load(repo, file).await?;
         Ok(Arc::new(SharedIndex {
-            inner: RwLock::new((map, version)),
+            inner: RwLock::new((index, version)),
+            refreshed: std::sync::Mutex::new(Instant::now()),
         }))
     }
 
     /// Chunks indexed.
-    pub async fn chunks(&self) -> usize {
-        self.inner.read().await.0.len()
+    pub async fn chunks(&self) -> Result<u64> {
+        self.inner.read().await.0.chunks()
+    }
+
+    /// Reads the index objects written elsewhere since the last look, at
+    /// most every [`REFRESH`].
+    pub async fn refresh_if_due(&self, repo: &Repo) -> Result<()> {
+        {
+            let mut t = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
+            if t.elapsed() < REFRESH {
+                return Ok(());
+            }
+            *t = Instant::now();
+        }
+        let n = self.inner.write().await.0.refresh(repo).await?;
+        if n > 0 {
+            tracing::debug!(index_objects = n, "chunk index: read index objects written elsewhere");
+        }
+        Ok(())
     }
 }
 
@@ -59,8 +87,8 @@ pub(crate) struct Known {
 
 impl Known {
     /// A loop's own index, loaded now.
-    pub(super) async fn load(repo: &Repo) -> Result<Self> {
-        let mut k = Self::shared(SharedIndex::load(repo).await?).await;
+    pub(super) async fn load(repo: &Repo, file: Option<&Path>) -> Result<Self> {
+        let mut k = Self::shared(SharedIndex::load(repo, file).await?).await;
         k.own = true;
         Ok(k)
     }
@@ -76,14 +104,18 @@ impl Known {
     }
 
     /// Which of `ids` are indexed (one lock for the batch).
-    pub(super) async fn contains_each(&self, ids: &[ChunkId]) -> Vec<bool> {
-        let g = self.shared.inner.read().await;
-        ids.iter().map(|id| g.0.contains_key(id)).collect()
+    pub(super) async fn contains_each(&self, ids: &[ChunkId]) -> Result<Vec<bool>> {
+        self.shared.inner.read().await.0.contains_each(ids)
     }
 
-    /// Adds entries whose index object is durable.
-    pub(super) async fn add(&self, entries: impl Iterator<Item = (ChunkId, Location)>) {
-        self.shared.inner.write().await.0.extend(entries);
+    /// Adds the entries of the index object `key`, durable in the store.
+    pub(super) async fn add(&self, key: &str, entries: impl Iterator<Item = (ChunkId, Location)>) -> Result<()> {
+        self.shared.inner.write().await.0.add(Some(key), entries.collect())
+    }
+
+    /// See [`SharedIndex::refresh_if_due`].
+    pub(super) async fn refresh_if_due(&self, repo: &Repo) -> Result<()> {
+        self.shared.refresh_if_due(repo).await
     }
 
     /// Whether a prune finished since this loop last checked: one HEAD,
@@ -99,7 +131,7 @@ impl Known {
         let mut g = self.shared.inner.write().await;
         let version = lock::pruned_version(repo).await?;
         if g.1 != version {
-            g.0 = repo.load_index().await?;
+            g.0.reload(repo).await?;
             g.1 = version.clone();
         }
         self.seen = version;
@@ -114,9 +146,8 @@ impl Known {
         if !self.own {
             return;
         }
-        match repo.load_index().await {
-            Ok(map) => self.shared.inner.write().await.0 = map,
-            Err(e) => tracing::debug!(error = %e, "index not reloaded after the failure"),
+        if let Err(e) = self.shared.inner.write().await.0.reload(repo).await {
+            tracing::debug!(error = %e, "index not reloaded after the failure");
         }
     }
 }

@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use super::status::SharedStatus;
 
+/// The chunk index file `run --repo` keeps in its spool.
+pub const INDEX_FILE: &str = "hrl-shipper.index.redb";
+
 /// Options of `hrl-shipper run`.
 #[derive(Debug, Clone)]
 pub struct ShipOptions {
@@ -26,6 +29,9 @@ pub struct ShipOptions {
     /// The chunk index shared with the other ship loops of this process
     /// (the process server's); `None`: the loop loads its own.
     pub index: Option<Arc<super::known::SharedIndex>>,
+    /// The local file of the chunk index (`crate::index`); `None`: in
+    /// memory. Default: `SPOOL/hrl-shipper.index.redb`.
+    pub index_file: Option<PathBuf>,
     /// Who this shipper is to the disks' leases, and their timing.
     pub lease: crate::repo::lease::LeaseOptions,
 }
@@ -38,6 +44,7 @@ impl ShipOptions {
         let path = std::fs::canonicalize(&spool).unwrap_or_else(|_| spool.clone());
         let holder = format!("{}:{}", hrl_common::host_name(), path.display());
         ShipOptions {
+            index_file: Some(spool.join(INDEX_FILE)),
             lease: crate::repo::lease::LeaseOptions::new(holder),
             spool,
             once: false,

@@ -24,10 +24,10 @@ impl DiskShipper {
         self.wait_uploads().await?;
         crash_point!("ship-packs-written");
         if !self.unindexed.is_empty() {
-            repo.write_index(&self.unindexed).await?;
+            let key = repo.write_index(&self.unindexed).await?;
             crash_point!("ship-index-written");
             self.unindexed.clear();
-            known.add(self.pending.drain()).await;
+            known.add(&key, self.pending.drain()).await?;
         }
         if !self.complete_after_prune(repo, known, opts, report, tag.seq).await? {
             return Ok(());
@@ -77,16 +77,16 @@ impl DiskShipper {
             return Ok(true);
         }
         known.reload(repo).await?;
-        if missing(&self.window, known).await == 0 {
+        let n = missing(&self.window, known).await?;
+        if n == 0 {
             return Ok(true);
         }
-        let n = missing(&self.window, known).await;
         tracing::warn!(disk = %self.disk, point = seq, missing = n, "prune removed chunks this point uses: shipping it again from the cursor");
         self.reset(&opts.spool)?;
         report.points_reshipped += 1;
         // What the window journal holds cannot be read again from the
         // spool: if prune took any of it, say so plainly.
-        let lost = missing(&self.window, known).await;
+        let lost = missing(&self.window, known).await?;
         if lost > 0 {
             return Err(ShipError::Point {
                 disk: self.disk.to_string(),
@@ -247,7 +247,7 @@ impl DiskShipper {
 }
 
 /// Chunks of `window` the index does not hold.
-async fn missing(window: &std::collections::BTreeMap<u64, ChunkRef>, known: &Known) -> usize {
+async fn missing(window: &std::collections::BTreeMap<u64, ChunkRef>, known: &Known) -> Result<usize> {
     let ids: Vec<ChunkId> = window
         .values()
         .filter_map(|r| match r {
@@ -255,5 +255,5 @@ async fn missing(window: &std::collections::BTreeMap<u64, ChunkRef>, known: &Kno
             ChunkRef::Zero => None,
         })
         .collect();
-    known.contains_each(&ids).await.iter().filter(|&&b| !b).count()
+    Ok(known.contains_each(&ids).await?.iter().filter(|&&b| !b).count())
 }

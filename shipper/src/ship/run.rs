@@ -67,6 +67,9 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
             continue;
         }
         backoff = Duration::from_secs(1);
+        if let Err(e) = known.refresh_if_due(repo).await {
+            tracing::warn!(error = %e, "could not read index objects written elsewhere; trying again later");
+        }
         if opts.status.is_some() && last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
             save_status(opts, &report, &disks, &mut rpo_warned);
@@ -101,7 +104,7 @@ async fn open_index(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Resul
     }
     let mut wait = Duration::from_secs(1);
     loop {
-        match Known::load(repo).await {
+        match Known::load(repo, opts.index_file.as_deref()).await {
             Ok(k) => return Ok(k),
             Err(e @ ShipError::Store { .. }) if !opts.once && !stop.load(Ordering::Relaxed) => {
                 tracing::error!(error = %e, backoff_s = wait.as_secs(), "cannot read the repository's indexes; retrying");
