@@ -9,6 +9,7 @@
 //! rpo_warn = "5m"                     # 0: never
 //! upload_rate = "0"                   # bytes/s, e.g. "50MiB"; 0: unlimited
 //! lease_period = "30s"                # a disk's lease is taken over after this unrenewed
+//! index_file = "/var/lib/hrl/index.redb"  # chunk index; default SPOOL/hrl-shipper.index.redb
 //! ```
 //!
 //! Sizes and durations use the grammar of `hrl_common::units` (MB = MiB).
@@ -31,6 +32,7 @@ struct FileConfig {
     rpo_warn: Option<HumanDuration>,
     upload_rate: Option<ByteSize>,
     lease_period: Option<HumanDuration>,
+    index_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -44,6 +46,8 @@ pub struct ShipperConfig {
     pub upload_rate: u64,
     /// Disk leases (`repo::lease`): renewed every third of it.
     pub lease_period: Duration,
+    /// The chunk index file (`crate::index`); `None`: in the spool.
+    pub index_file: Option<PathBuf>,
 }
 
 impl Default for ShipperConfig {
@@ -56,6 +60,7 @@ impl Default for ShipperConfig {
             rpo_warn: Duration::from_secs(300),
             upload_rate: 0,
             lease_period: crate::repo::lease::LeaseOptions::DEFAULT_PERIOD,
+            index_file: None,
         }
     }
 }
@@ -72,6 +77,7 @@ impl ShipperConfig {
             repo: f.repo,
             key_file: f.key_file,
             spool: f.spool,
+            index_file: f.index_file,
             ..Default::default()
         };
         if let Some(v) = f.metrics_listen {

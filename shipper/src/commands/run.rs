@@ -52,10 +52,14 @@ pub struct Args {
     /// unrenewed; at least 3s [default: 30s].
     #[arg(long)]
     lease_period: Option<HumanDuration>,
+    /// The chunk index file: about 270 bytes per chunk in the repository
+    /// [default: SPOOL/hrl-shipper.index.redb].
+    #[arg(long)]
+    index_file: Option<PathBuf>,
     /// Forward the spool to a process server instead of shipping it: this
     /// machine's identity file (from `hrl-shipper enroll`). No --repo or
     /// key file is needed or used.
-    #[arg(long, conflicts_with_all = ["repo", "key_file", "upload_rate", "keep_shipped"])]
+    #[arg(long, conflicts_with_all = ["repo", "key_file", "upload_rate", "keep_shipped", "index_file"])]
     identity: Option<PathBuf>,
     /// With --identity: the gateway to use instead of the one enrolled with
     /// (same certificate), https://HOST:9443.
@@ -93,6 +97,9 @@ fn config(a: &Args) -> Result<ShipperConfig> {
     }
     if let Some(v) = a.upload_rate {
         cfg.upload_rate = v.bytes();
+    }
+    if let Some(v) = &a.index_file {
+        cfg.index_file = Some(v.clone());
     }
     if a.lease_period.is_some() {
         cfg.lease_period = crate::repo::lease::period(a.lease_period.map(Into::into))?;
@@ -216,6 +223,9 @@ pub async fn run(a: Args) -> Result<u8> {
     o.upload.rate.store(cfg.upload_rate, Ordering::Relaxed);
     o.rpo_warn.store(cfg.rpo_warn.as_secs(), Ordering::Relaxed);
     o.lease.period = cfg.lease_period;
+    if let Some(f) = &cfg.index_file {
+        o.index_file = Some(f.clone());
+    }
     if !a.once {
         let st = Arc::new(Mutex::new(ShipStatus {
             repo: url.clone(),
