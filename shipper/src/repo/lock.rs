@@ -53,24 +53,6 @@ pub async fn lock_age(repo: &Repo) -> Result<Option<Duration>> {
     Ok(Some(Duration::from_nanos(hrl_format::now_ns().saturating_sub(t))))
 }
 
-/// For shippers: waits while a (non-stale) prune holds the lock. Returns
-/// whether it waited.
-pub async fn wait_unlocked(repo: &Repo) -> Result<bool> {
-    let mut waited = false;
-    while let Some(age) = lock_age(repo).await? {
-        if age > STALE_LOCK {
-            tracing::warn!(age_s = age.as_secs(), "ignoring a stale prune lock");
-            break;
-        }
-        if !waited {
-            tracing::info!("prune running: waiting before publishing");
-            waited = true;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Ok(waited)
-}
-
 /// Records that a prune replaced index objects (see [`PRUNED`]).
 pub async fn mark_pruned(repo: &Repo) -> Result<()> {
     repo.put(PRUNED, stamp()?, false).await

@@ -8,6 +8,7 @@ use super::disk::DiskShipper;
 use super::options::ShipOptions;
 use crate::error::{Result, ShipError};
 use crate::repo::lease::{self, Claim};
+use crate::repo::lock;
 use crate::repo::Repo;
 
 /// How often a shipper waiting for a disk looks at its lease again.
@@ -62,6 +63,28 @@ impl DiskShipper {
                 self.disk
             ))),
         }
+    }
+
+    /// Waits while a live prune holds its lock, renewing the lease
+    /// meanwhile (a prune may hold it longer than a lease period). Returns
+    /// whether it waited.
+    pub(super) async fn wait_for_prune(&mut self, repo: &Repo) -> Result<bool> {
+        let mut waited = false;
+        while let Some(age) = lock::lock_age(repo).await? {
+            if age > lock::STALE_LOCK {
+                tracing::warn!(age_s = age.as_secs(), "ignoring a stale prune lock");
+                break;
+            }
+            if !waited {
+                tracing::info!(disk = %self.disk, "prune running: waiting before publishing");
+                waited = true;
+            }
+            if let Some(l) = &mut self.lease {
+                l.renew_if_due(repo).await?;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(waited)
     }
 
     /// After `LeaseLost`: forget the window and claim again.

@@ -72,7 +72,7 @@ impl DiskShipper {
         report: &mut ShipReport,
         seq: u64,
     ) -> Result<bool> {
-        let waited = crate::repo::lock::wait_unlocked(repo).await?;
+        let waited = self.wait_for_prune(repo).await?;
         if !waited && !known.changed(repo).await? {
             return Ok(true);
         }
