@@ -77,7 +77,9 @@ impl ChunkIndex {
     /// Learns the chunks other shippers (other process servers) indexed
     /// since: the file reads the index objects it has not seen; the map
     /// is left alone (a full load would cost a listing and every object).
-    pub async fn refresh(&mut self, repo: &Repo) -> Result<usize> {
+    /// Takes `&self`: lookups go on meanwhile (one that misses a chunk
+    /// being loaded stores it again, never wrongly).
+    pub async fn refresh(&self, repo: &Repo) -> Result<usize> {
         match self {
             ChunkIndex::Memory(_) => Ok(0),
             ChunkIndex::Disk(d) => Ok(d.refresh(repo).await?.0),

@@ -62,7 +62,10 @@ impl SharedIndex {
             }
             *t = Instant::now();
         }
-        let n = self.inner.write().await.0.refresh(repo).await?;
+        // Under the read lock: lookups go on while the repository is
+        // listed and new index objects are read (a reload after a prune
+        // takes the write lock and waits for this).
+        let n = self.inner.read().await.0.refresh(repo).await?;
         if n > 0 {
             tracing::debug!(index_objects = n, "chunk index: read index objects written elsewhere");
         }
