@@ -277,14 +277,7 @@ impl Lease {
 
 /// The generations of `disk`'s lease in the repository, oldest first.
 pub async fn generations(repo: &Repo, disk: &Uuid) -> Result<Vec<u64>> {
-    let mut v: Vec<u64> = repo
-        .list(&lease_prefix(disk))
-        .await?
-        .into_iter()
-        .filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok())
-        .collect();
-    v.sort();
-    Ok(v)
+    repo.list_numbered(&lease_prefix(disk)).await
 }
 
 /// Reads and authenticates a lease object.

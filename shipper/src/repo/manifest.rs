@@ -152,14 +152,7 @@ pub fn decode_with(keys: &Keys, disk: &Uuid, seq: u64, blob: &[u8]) -> Result<(P
 
 /// Sequences of the published points of `disk`, ascending.
 pub async fn list_points(repo: &Repo, disk: &Uuid) -> Result<Vec<u64>> {
-    let mut v: Vec<u64> = repo
-        .list(&format!("points/{disk}"))
-        .await?
-        .into_iter()
-        .filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok())
-        .collect();
-    v.sort();
-    Ok(v)
+    repo.list_numbered(&format!("points/{disk}")).await
 }
 
 /// Disks with points in the repository.

@@ -528,6 +528,19 @@ impl Repo {
         Ok(v)
     }
 
+    /// The numbers that name the objects under `prefix` (point sequences,
+    /// lease generations), ascending; other names are skipped.
+    pub async fn list_numbered(&self, prefix: &str) -> Result<Vec<u64>> {
+        let mut v: Vec<u64> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(k, _)| k.rsplit('/').next()?.parse().ok())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
     /// Objects under `prefix` with size and age (from the store's
     /// last-modified time).
     pub async fn list_with_age(&self, prefix: &str) -> Result<Vec<(String, u64, std::time::Duration)>> {
