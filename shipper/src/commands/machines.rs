@@ -61,10 +61,10 @@ pub async fn run(a: Args) -> Result<u8> {
                 println!("{:<20} {:<10} {:>5}  LAST CONTACT (UTC)", "MACHINE", "STATE", "DISKS");
             }
             for (name, m) in &reg.machines {
-                let st = match (m.revoked_ns, m.enrolled_ns) {
-                    (Some(_), _) => "revoked",
-                    (None, Some(_)) => "enrolled",
-                    (None, None) => "invited",
+                let st = match (m.revoked(), m.enrolled_ns) {
+                    (true, _) => "revoked",
+                    (false, Some(_)) => "enrolled",
+                    (false, None) => "invited",
                 };
                 if json {
                     print_json(&serde_json::json!({"machine": name, "state": st, "disks": m.disks,

@@ -61,10 +61,14 @@ pub struct Args {
     /// key file is needed or used.
     #[arg(long, conflicts_with_all = ["repo", "key_file", "upload_rate", "keep_shipped", "index_file"])]
     identity: Option<PathBuf>,
-    /// With --identity: the gateway to use instead of the one enrolled with
-    /// (same certificate), https://HOST:9443.
-    #[arg(long, requires = "identity")]
-    gateway: Option<String>,
+    /// With --identity: the process servers to use instead of the one
+    /// enrolled with, in order of preference, comma separated
+    /// (https://HOST1:9443,https://HOST2:9443). They serve one repository
+    /// and share the enrolled certificate. With several, the forwarder
+    /// moves to the next when one is unreachable or refuses, and keeps
+    /// each segment until it is published.
+    #[arg(long, requires = "identity", value_delimiter = ',')]
+    gateway: Vec<String>,
 }
 
 impl Args {
@@ -163,12 +167,22 @@ fn reload_on_sighup(path: PathBuf, o: &ShipOptions, stop: Arc<AtomicBool>) -> Re
 /// `run --identity`: forward the spool to the gateway.
 async fn forward(a: &Args, identity: &std::path::Path, spool: PathBuf, metrics_listen: &str) -> Result<u8> {
     let mut id = crate::forward::Identity::load(identity)?;
-    if let Some(g) = &a.gateway {
+    let mut gateways: Vec<String> = a
+        .gateway
+        .iter()
+        .map(|g| g.trim().to_string())
+        .filter(|g| !g.is_empty())
+        .collect();
+    gateways.dedup();
+    if let Some(g) = gateways.first() {
         id.gateway = g.clone();
     }
     let stop = stop_flag()?;
     let mut o = crate::forward::ForwardOptions::new(spool);
     o.once = a.once;
+    if gateways.len() > 1 {
+        o.gateways = gateways;
+    }
     if !a.once {
         let st = Arc::new(Mutex::new(crate::forward::status::ForwardStatus {
             gateway: id.gateway.clone(),
@@ -181,7 +195,7 @@ async fn forward(a: &Args, identity: &std::path::Path, spool: PathBuf, metrics_l
         }
         o.status = Some(st);
     }
-    tracing::info!(gateway = %id.gateway, machine = %id.machine, spool = %o.spool.display(), "forwarding the spool");
+    tracing::info!(gateway = %id.gateway, others = o.gateways.len().saturating_sub(1), machine = %id.machine, spool = %o.spool.display(), "forwarding the spool");
     let rep = crate::forward::forward(&id, &o, &stop).await?;
     if a.json {
         print_json(&rep)?;

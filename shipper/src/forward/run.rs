@@ -35,6 +35,11 @@ pub struct ForwardOptions {
     pub poll: Duration,
     /// Where the daemon publishes its status (status file, metrics).
     pub status: Option<super::status::SharedForward>,
+    /// The process servers to use, in order of preference (empty: the one
+    /// the identity was enrolled with). With more than one, a segment is
+    /// kept until a gateway says it is published, not only held: another
+    /// gateway may have to take the disk over from it.
+    pub gateways: Vec<String>,
 }
 
 impl ForwardOptions {
@@ -48,6 +53,7 @@ impl ForwardOptions {
             // to the RPO.
             poll: Duration::from_millis(250),
             status: None,
+            gateways: Vec::new(),
         }
     }
 }
@@ -57,35 +63,58 @@ impl ForwardOptions {
 #[derive(Default)]
 struct DiskForward {
     progress: Option<DiskProgress>,
+    /// When `progress` came from the gateway (asked again while segments
+    /// wait to be published).
+    asked: Option<std::time::Instant>,
     stream: Option<(u64, SegmentStream)>,
 }
 
-/// Forwards the spool to the identity's gateway until `stop` (or, with
-/// `once`, until every complete record is acknowledged).
+/// How often a forwarder holding segments the gateway has not published
+/// yet asks where the disk stands.
+const PUBLISHED_POLL: Duration = Duration::from_secs(1);
+
+/// Forwards the spool to the identity's gateway (or the first of
+/// `opts.gateways` that answers) until `stop` (or, with `once`, until
+/// every complete record is acknowledged). An unreachable or refusing
+/// gateway makes the forwarder move on to the next one, which takes the
+/// disks over from where they are published.
 pub async fn forward(id: &Identity, opts: &ForwardOptions, stop: &AtomicBool) -> Result<ForwardReport> {
     let _lock = crate::ship::spool_lock::SpoolLock::acquire(&opts.spool)?;
-    let client = id.client(&id.gateway)?;
+    let urls = if opts.gateways.is_empty() {
+        vec![id.gateway.clone()]
+    } else {
+        opts.gateways.clone()
+    };
+    let clients = urls.iter().map(|u| id.client(u)).collect::<Result<Vec<_>>>()?;
+    let mut at = 0usize;
+    let mut failures = 0usize;
+    let keep = clients.len() > 1;
     let mut disks: HashMap<Uuid, DiskForward> = HashMap::new();
     let mut report = ForwardReport::default();
     let mut backoff = Duration::from_millis(500);
     let mut policy = super::policy::PolicySync::default();
     let mut saved = std::time::Instant::now() - Duration::from_secs(10);
     while !stop.load(Ordering::Relaxed) {
+        let client = &clients[at];
         if !opts.once {
-            policy.tick(&client, &opts.spool).await;
+            policy.tick(client, &opts.spool).await;
         }
         let mut any = false;
         let mut failed = None;
         let sent = report.bytes_sent;
         for d in hrl_format::list_disks(&opts.spool)? {
             let st = disks.entry(d).or_default();
-            match step(&client, &opts.spool, d, st, &mut report).await {
+            match step(client, (&opts.spool, keep), d, st, &mut report).await {
                 Ok(a) => any |= a,
                 Err(e @ ShipError::Gateway { .. }) => {
                     *st = DiskForward::default();
                     failed = Some(e);
                 }
+                Err(e @ ShipError::Usage(_)) if keep && failures + 1 < clients.len() => failed = Some(e),
                 Err(e) => return Err(e),
+            }
+            if failed.is_some() {
+                break;
             }
         }
         if let Some(shared) = &opts.status {
@@ -93,6 +122,7 @@ pub async fn forward(id: &Identity, opts: &ForwardOptions, stop: &AtomicBool) ->
             if report.bytes_sent > sent {
                 g.last_ack_ns = Some(hrl_format::now_ns());
             }
+            g.gateway = client.url.clone();
             g.reachable = failed.is_none();
             if let Some(e) = &failed {
                 g.last_error = Some(e.to_string());
@@ -104,14 +134,26 @@ pub async fn forward(id: &Identity, opts: &ForwardOptions, stop: &AtomicBool) ->
         }
         if let Some(e) = failed {
             report.endpoint_errors += 1;
+            failures += 1;
             if opts.once && report.endpoint_errors > 5 {
                 return Err(e);
+            }
+            if keep {
+                // The next gateway takes the disks over: ask it where each
+                // stands.
+                at = (at + 1) % clients.len();
+                disks.clear();
+                tracing::warn!(failed = %client.url, next = %clients[at].url, error = %e, "gateway unreachable or refusing; moving to the next");
+                if failures % clients.len() != 0 {
+                    continue;
+                }
             }
             tracing::warn!(gateway = %client.url, error = %e, backoff_ms = backoff.as_millis() as u64, "gateway unreachable; the spool is kept");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(30));
             continue;
         }
+        failures = 0;
         backoff = Duration::from_millis(500);
         if !any {
             if opts.once {
@@ -150,41 +192,61 @@ fn publish(
     }
 }
 
-/// Sends what is new of one disk; true when anything moved.
+/// Sends what is new of one disk; true when anything moved. `keep`: a
+/// segment goes only once published (several gateways), else once the
+/// gateway holds it whole.
 async fn step(
     c: &GatewayClient,
-    spool: &Path,
+    (spool, keep): (&Path, bool),
     disk: Uuid,
     st: &mut DiskForward,
     report: &mut ForwardReport,
 ) -> Result<bool> {
+    let stale = st.asked.is_none_or(|t| t.elapsed() >= PUBLISHED_POLL);
     let progress = match st.progress {
-        Some(p) => p,
-        None => {
+        Some(p) if !(keep && stale && waiting_for_publish(spool, disk, &p)?) => p,
+        _ => {
             let p = ask(c, disk, report).await?;
             st.progress = Some(p);
+            st.asked = Some(std::time::Instant::now());
             p
         }
     };
+    let gone = if keep {
+        progress.published_through.min(progress.complete_through)
+    } else {
+        progress.complete_through
+    };
     let mut any = false;
     for seg in hrl_format::list_segments(spool, Some(disk))? {
-        if progress.complete_through.is_some_and(|c| seg.seq <= c) {
-            // The gateway holds it whole and durable: it can go.
+        if gone.is_some_and(|c| seg.seq <= c) {
+            // The gateway holds it whole and durable (published, with
+            // several gateways): it can go.
             std::fs::remove_file(&seg.path).map_err(|e| ShipError::io(&seg.path, "delete forwarded segment", e))?;
             report.segments_completed += 1;
             any = true;
             continue;
         }
-        let offset = match progress.open {
-            Some((s, o)) if s == seg.seq => o,
-            Some((s, _)) if s < seg.seq => {
+        if progress.complete_through.is_some_and(|c| seg.seq <= c) {
+            continue;
+        }
+        let expects = progress
+            .open
+            .map(|(s, _)| s)
+            .or(progress.complete_through.map(|c| c + 1));
+        if let Some(e) = expects.filter(|&e| e < seg.seq) {
+            if !keep {
                 return Err(ShipError::Point {
                     disk: disk.to_string(),
-                    why: format!(
-                        "the gateway holds segment {s} incomplete, but the spool has no such segment any more"
-                    ),
-                })
+                    why: format!("the gateway expects segment {e}, but the spool's oldest is {}", seg.seq),
+                });
             }
+            st.progress = Some(restart(c, disk, seg.seq, report).await?);
+            st.asked = Some(std::time::Instant::now());
+            return Ok(true);
+        }
+        let offset = match progress.open {
+            Some((s, o)) if s == seg.seq => o,
             _ => 0,
         };
         return send(c, &seg.path, (disk, seg.seq, offset), st, report)
@@ -192,6 +254,31 @@ async fn step(
             .map(|a| a || any);
     }
     Ok(any)
+}
+
+/// Whether the spool holds segments the gateway has whole but not yet
+/// published (so it is worth asking again).
+fn waiting_for_publish(spool: &Path, disk: Uuid, p: &DiskProgress) -> Result<bool> {
+    let Some(c) = p.complete_through else { return Ok(false) };
+    Ok(hrl_format::list_segments(spool, Some(disk))?
+        .iter()
+        .any(|s| s.seq <= c && p.published_through.is_none_or(|x| s.seq > x)))
+}
+
+/// Tells a gateway whose copy of the disk is stale where the spool starts.
+async fn restart(c: &GatewayClient, disk: Uuid, seg: u64, report: &mut ForwardReport) -> Result<DiskProgress> {
+    report.requests += 1;
+    tracing::info!(gateway = %c.url, disk = %disk, segment = seg, "the gateway's copy of this disk is older than the spool: starting it again at the spool's oldest segment");
+    match c
+        .call(Method::POST, &format!("/v1/disks/{disk}/restart?segment={seg}"), None)
+        .await?
+    {
+        Ok(v) => serde_json::from_value(v).map_err(|e| ShipError::Gateway {
+            url: c.url.clone(),
+            why: format!("progress of disk {disk}: {e}"),
+        }),
+        Err(a) => Err(refused(c, disk, a)),
+    }
 }
 
 async fn ask(c: &GatewayClient, disk: Uuid, report: &mut ForwardReport) -> Result<DiskProgress> {

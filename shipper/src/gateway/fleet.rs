@@ -223,7 +223,7 @@ impl Fleet {
                 connected: m.last_contact_ns.is_some_and(|t| {
                     now.saturating_sub(t) < (60 * SEC).min(self.settings.silent_after.as_nanos() as u64)
                 }),
-                revoked: m.revoked_ns.is_some(),
+                revoked: m.revoked(),
                 last_contact_ns: m.last_contact_ns,
                 disks,
             });

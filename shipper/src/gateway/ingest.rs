@@ -28,6 +28,11 @@ pub struct DiskProgress {
     pub complete_through: Option<u64>,
     /// The segment being received and the bytes of it held.
     pub open: Option<(u64, u64)>,
+    /// Every segment up to this one is published (this gateway's ship
+    /// cursor is past it): a forwarder with several gateways keeps a
+    /// segment until then.
+    #[serde(default)]
+    pub published_through: Option<u64>,
 }
 
 /// Why a range was not taken.
@@ -110,7 +115,11 @@ fn file_progress(spool: &Path, disk: &Uuid) -> Result<DiskProgress> {
             open = Some((s.seq, stream.position()));
         }
     }
-    Ok(DiskProgress { complete_through, open })
+    Ok(DiskProgress {
+        complete_through,
+        open,
+        published_through: crate::ship::published_through(spool, disk)?,
+    })
 }
 
 /// The checked state of a cached segment after a restart. Bytes after the
@@ -229,6 +238,7 @@ impl Ingest {
             Ok(DiskProgress {
                 complete_through: read_complete(&spool, disk)?,
                 open: open.get(&key).map(|o| (o.seq, o.stream.position())),
+                published_through: crate::ship::published_through(&spool, disk)?,
             })
         };
         if !open.contains_key(&key) {
@@ -279,6 +289,32 @@ impl Ingest {
             crate::private_file::replace_private(&received_path(&spool, disk), format!("{done}\n").as_bytes())?;
         }
         Ok((progress(&open)?, seen))
+    }
+
+    /// Drops everything cached of `machine`'s `disk` (segments, what was
+    /// received, the ship cursor and window journal) so it starts again at
+    /// whatever segment the forwarder sends next. Only while the machine's
+    /// ship loop is paused (`ShipTasks::pause`): the forwarder's spool no
+    /// longer holds what this cache expects, because another process
+    /// server published it.
+    pub fn reset_disk(&self, machine: &str, disk: &Uuid) -> Result<()> {
+        let spool = self.spool(machine);
+        self.lock_open().remove(&(machine.to_string(), *disk));
+        if !spool.exists() {
+            return Ok(());
+        }
+        for s in hrl_format::list_segments(&spool, Some(*disk))? {
+            std::fs::remove_file(&s.path).map_err(|e| ShipError::io(&s.path, "delete stale cached segment", e))?;
+        }
+        let r = received_path(&spool, disk);
+        match std::fs::remove_file(&r) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ShipError::io(&r, "remove", e)),
+        }
+        crate::ship::forget_disk(&spool, disk)?;
+        hrl_format::sync_dir(&spool)?;
+        Ok(())
     }
 
     /// Opens (after a restart) or creates the cache file of a segment.

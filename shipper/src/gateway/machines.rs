@@ -24,7 +24,7 @@ use crate::private_file::{read_private, replace_private};
 pub const TOKEN_LIFETIME_NS: u64 = 24 * 3600 * 1_000_000_000;
 
 /// One machine.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
     pub created_ns: u64,
     /// SHA-256 (hex) of the secret issued at enrollment; `None` until the
@@ -37,8 +37,15 @@ pub struct Machine {
     pub last_contact_ns: Option<u64>,
 }
 
+impl Machine {
+    /// Revoked, and not enrolled again since.
+    pub fn revoked(&self) -> bool {
+        self.revoked_ns.is_some_and(|r| self.enrolled_ns.is_none_or(|e| r >= e))
+    }
+}
+
 /// A one-time enrollment token (its hash).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Token {
     pub machine: String,
     pub sha256: String,
@@ -46,7 +53,7 @@ pub struct Token {
 }
 
 /// The whole registry.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registry {
     pub machines: BTreeMap<String, Machine>,
     pub tokens: Vec<Token>,
@@ -156,7 +163,7 @@ impl Registry {
         let i = self
             .tokens
             .iter()
-            .position(|t| t.machine == name && same(&t.sha256, &h) && t.expires_ns > now_ns)
+            .position(|t| t.machine == name && same(&t.sha256, &h) && t.expires_ns > now_ns && !self.superseded(t))
             .ok_or_else(refuse)?;
         self.tokens.remove(i);
         let m = self.machines.get_mut(name).ok_or_else(refuse)?;
@@ -170,7 +177,7 @@ impl Registry {
     /// Checks a machine's secret.
     pub fn authenticate(&self, name: &str, secret: &str) -> std::result::Result<(), Refusal> {
         let m = self.machines.get(name).ok_or(Refusal::Unknown)?;
-        if m.revoked_ns.is_some() {
+        if m.revoked() {
             return Err(Refusal::Revoked);
         }
         let want = m.secret_sha256.as_deref().ok_or(Refusal::NotEnrolled)?;
@@ -189,6 +196,81 @@ impl Registry {
         m.secret_sha256 = None;
         self.tokens.retain(|t| t.machine != name);
         Ok(())
+    }
+
+    /// A token no longer usable: its machine enrolled or was revoked
+    /// after it was issued (a token used on one process server is known
+    /// used on the others by this, without a list of used tokens).
+    fn superseded(&self, t: &Token) -> bool {
+        let issued = t.expires_ns.saturating_sub(TOKEN_LIFETIME_NS);
+        self.machines
+            .get(&t.machine)
+            .is_some_and(|m| m.enrolled_ns.is_some_and(|e| e >= issued) || m.revoked_ns.is_some_and(|r| r >= issued))
+    }
+
+    /// Merges another process server's copy (the repository's): the
+    /// newer enrollment's secret, the newer of enrollment and revocation
+    /// wins, disks and tokens are the union, a token superseded on either
+    /// side is dropped. Merging is order-free, so copies converge. A disk
+    /// claimed by two machines stays with `other`'s (it was shared first).
+    /// Returns the disks taken from a machine of this copy.
+    pub fn merge(&mut self, other: &Registry, now_ns: u64) -> Vec<(String, Uuid)> {
+        let mut moved = Vec::new();
+        for (name, o) in &other.machines {
+            let m = self.machines.entry(name.clone()).or_insert_with(|| Machine {
+                created_ns: o.created_ns,
+                ..Default::default()
+            });
+            m.created_ns = m.created_ns.min(o.created_ns);
+            if o.enrolled_ns > m.enrolled_ns {
+                m.enrolled_ns = o.enrolled_ns;
+                m.secret_sha256 = o.secret_sha256.clone();
+            }
+            m.revoked_ns = m.revoked_ns.max(o.revoked_ns);
+            if m.revoked() {
+                m.secret_sha256 = None;
+            }
+            m.last_contact_ns = m.last_contact_ns.max(o.last_contact_ns);
+        }
+        for (name, o) in &other.machines {
+            for d in &o.disks {
+                for (n, m) in self.machines.iter_mut().filter(|(n, _)| *n != name) {
+                    if let Some(i) = m.disks.iter().position(|x| x == d) {
+                        m.disks.remove(i);
+                        moved.push((n.clone(), *d));
+                    }
+                }
+                if let Some(m) = self.machines.get_mut(name) {
+                    if !m.disks.contains(d) {
+                        m.disks.push(*d);
+                    }
+                }
+            }
+        }
+        for t in &other.tokens {
+            if !self.tokens.contains(t) {
+                self.tokens.push(t.clone());
+            }
+        }
+        let tokens = std::mem::take(&mut self.tokens);
+        self.tokens = tokens
+            .into_iter()
+            .filter(|t| t.expires_ns > now_ns && !self.superseded(t))
+            .collect();
+        self.tokens
+            .sort_by(|a, b| (a.expires_ns, &a.sha256).cmp(&(b.expires_ns, &b.sha256)));
+        moved
+    }
+
+    /// The copy shared through the repository: without last contacts
+    /// (each process server keeps its own; sharing them would rewrite the
+    /// shared copy every few seconds).
+    pub fn shared(&self) -> Registry {
+        let mut r = self.clone();
+        for m in r.machines.values_mut() {
+            m.last_contact_ns = None;
+        }
+        r
     }
 
     /// The machine that sent `disk`, if any.

@@ -7,7 +7,8 @@
 //! machine reading its own points for restore and failback (`read`), the
 //! ship loop over the cache (`ship`), and the fleet view: what it saw
 //! of each disk (`observe`), the view and its alerts (`fleet`, `watch`),
-//! its pages (`page`, `view`) and credential (`admin`); replication
+//! its pages (`page`, `view`) and credential (`admin`); the registry
+//! shared with the repository's other process servers (`shared_registry`); replication
 //! policies (`policy`) and retention by policy (`retention`). Only this role holds the
 //! repository key and the storage credentials; a machine can append to its
 //! own disks' segments and read where they stand, nothing else. It never
@@ -24,6 +25,7 @@ pub mod policy;
 mod read;
 pub mod retention;
 pub mod server;
+pub mod shared_registry;
 pub mod ship;
 pub mod state;
 pub mod tls;
@@ -78,12 +80,13 @@ pub async fn serve(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<(Serving
     tracing::info!(address = %addr, fingerprint = %fingerprint, repo = %repo.url, cache = %cfg.cache_dir.display(), "process server listening");
     let shipping = tokio::spawn(ship::ship_machines(
         repo,
-        cfg.cache_dir.clone(),
-        cfg.state_dir.clone(),
+        (cfg.cache_dir.clone(), cfg.state_dir.clone()),
         cfg.lease_period,
+        gw.ship_tasks.clone(),
         stop.clone(),
     ));
     tokio::spawn(watch::watch(gw.clone(), stop.clone()));
+    tokio::spawn(share_registry(gw.clone(), stop.clone()));
     tokio::spawn(retention::schedule(gw.clone(), stop.clone()));
     let task = tokio::spawn(async move {
         while !stop.load(Ordering::Relaxed) {
@@ -95,6 +98,15 @@ pub async fn serve(cfg: GatewayConfig, stop: Arc<AtomicBool>) -> Result<(Serving
         let _ = shipping.await;
     });
     Ok((Serving { addr, fingerprint }, task))
+}
+
+/// Merges the registry shared through the repository every
+/// [`shared_registry::INTERVAL`] until `stop`.
+async fn share_registry(gw: Arc<Gateway>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        gw.registry_sync.run(&gw.repo, &gw.state_dir, Duration::ZERO).await;
+        tokio::time::sleep(shared_registry::INTERVAL).await;
+    }
 }
 
 /// One TLS connection: handshake within 10 s, then HTTP/1.1 requests

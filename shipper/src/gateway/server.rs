@@ -94,7 +94,7 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
             .map(str::to_string);
         return super::view::admin(gw, peer, auth.as_deref(), &p).await;
     }
-    let machine = gw.authenticate(&req, peer);
+    let machine = gw.authenticate_shared(&req, peer).await;
     let query = req.uri().query().map(str::to_string);
     // The body is read (bounded in size and time) before any refusal, so
     // the peer gets the refusal rather than a broken pipe mid-upload.
@@ -143,6 +143,11 @@ async fn route(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::r
                 .progress(&machine, &d)
                 .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
             Ok(Body::Json(json!(pr)))
+        }
+        (&Method::POST, ["v1", "disks", d, "restart"]) => {
+            let d = disk(d)?;
+            gw.own_disk(&machine, &d, peer)?;
+            restart(gw, &machine, d, query.as_deref()).await.map(Body::Json)
         }
         (&Method::PUT, ["v1", "disks", d, "segments", s]) => {
             let d = disk(d)?;
@@ -222,13 +227,49 @@ async fn append(
     }
 }
 
+/// The forwarder's spool starts at segment `seg`, past what this
+/// gateway's copy of the disk expects: another process server published
+/// the segments between (a forwarder deletes a segment only once a gateway
+/// says it is published). The stale copy is dropped, with the machine's
+/// ship loop paused meanwhile, and the disk starts again at `seg`. Never
+/// touches the repository: nothing published can be lost this way.
+async fn restart(gw: &Gateway, machine: &str, disk: Uuid, query: Option<&str>) -> std::result::Result<Value, Reply> {
+    let seg: u64 = query
+        .and_then(|q| q.strip_prefix("segment="))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "segment=N is missing"))?;
+    let internal = |e: ShipError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let p = gw.ingest.progress(machine, &disk).map_err(internal)?;
+    let expects = match p.open {
+        Some((s, _)) => Some(s),
+        None => p.complete_through.map(|c| c + 1),
+    };
+    let Some(expects) = expects.filter(|&e| seg > e) else {
+        return Ok(json!(p));
+    };
+    tracing::warn!(machine = %machine, disk = %disk, expected = expects, forwarder_starts_at = seg, "this gateway's copy of the disk is stale (another process server shipped it since): dropping it and starting again at the forwarder's oldest segment");
+    gw.ship_tasks.pause(machine).await;
+    let r = gw.ingest.reset_disk(machine, &disk);
+    gw.ship_tasks.resume(machine).await;
+    r.map_err(internal)?;
+    gw.ingest.progress(machine, &disk).map(|p| json!(p)).map_err(internal)
+}
+
 async fn enroll(gw: &Gateway, peer: SocketAddr, req: Request<Incoming>) -> std::result::Result<Value, Reply> {
     let b = body(req).await?;
     let token = serde_json::from_slice::<Value>(&b)
         .ok()
         .and_then(|v| v["token"].as_str().map(str::to_string))
         .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "expected {\"token\": ...}"))?;
-    match Registry::update(&gw.state_dir, |r| r.redeem(&token, hrl_format::now_ns())) {
+    let mut redeemed = Registry::update(&gw.state_dir, |r| r.redeem(&token, hrl_format::now_ns()));
+    // A token issued on another process server of the repository.
+    if redeemed.is_err() && gw.registry_sync.on_demand(&gw.repo, &gw.state_dir).await {
+        redeemed = Registry::update(&gw.state_dir, |r| r.redeem(&token, hrl_format::now_ns()));
+    }
+    if redeemed.is_ok() {
+        gw.registry_sync.run(&gw.repo, &gw.state_dir, Duration::ZERO).await;
+    }
+    match redeemed {
         Ok((machine, secret)) => {
             tracing::info!(machine = %machine, peer = %peer, "machine enrolled");
             Ok(json!({"machine": machine, "secret": secret}))

@@ -3,7 +3,7 @@
 //! between machines is stored once, and the index is held once), with the
 //! publish order and promises of the local shipper.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,33 +13,83 @@ use crate::repo::Repo;
 use crate::ship::status::ShipStatus;
 use crate::ship::{ship, SharedIndex, ShipOptions};
 
+/// Every machine's ship task, so a request can pause one machine's (to
+/// drop a stale copy of a disk) and resume it.
+#[derive(Default)]
+pub struct ShipTasks {
+    inner: tokio::sync::Mutex<Tasks>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    running: HashMap<String, (Arc<AtomicBool>, tokio::task::JoinHandle<()>)>,
+    paused: HashSet<String>,
+}
+
+impl ShipTasks {
+    /// Stops `machine`'s ship task (it ends its current step and releases
+    /// its leases) and keeps it stopped until [`ShipTasks::resume`].
+    pub async fn pause(&self, machine: &str) {
+        let task = {
+            let mut g = self.inner.lock().await;
+            g.paused.insert(machine.to_string());
+            g.running.remove(machine)
+        };
+        if let Some((stop, h)) = task {
+            stop.store(true, Ordering::Relaxed);
+            let _ = h.await;
+        }
+    }
+
+    /// Lets `machine`'s ship task start again (within half a second).
+    pub async fn resume(&self, machine: &str) {
+        self.inner.lock().await.paused.remove(machine);
+    }
+}
+
 /// Starts a ship task for every machine directory that appears under
 /// `cache`, until `stop`. A task that fails starts again after a backoff
 /// (its cursor makes that safe).
-pub async fn ship_machines(repo: Repo, cache: PathBuf, state: PathBuf, lease_period: Duration, stop: Arc<AtomicBool>) {
+pub async fn ship_machines(
+    repo: Repo,
+    (cache, state): (PathBuf, PathBuf),
+    lease_period: Duration,
+    tasks: Arc<ShipTasks>,
+    stop: Arc<AtomicBool>,
+) {
     let Some(index) = load_index(&repo, &state.join(INDEX_FILE), &stop).await else {
         return;
     };
-    let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         if let Ok(rd) = std::fs::read_dir(&cache) {
+            let mut g = tasks.inner.lock().await;
             for e in rd.flatten() {
                 let Some(name) = e.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
-                if !e.path().is_dir() || tasks.contains_key(&name) {
+                if !e.path().is_dir() || g.running.contains_key(&name) || g.paused.contains(&name) {
                     continue;
                 }
-                let (repo, spool, stop, index) = (repo.clone(), e.path(), stop.clone(), index.clone());
-                tasks.insert(
+                let own_stop = Arc::new(AtomicBool::new(false));
+                let (repo, spool, index) = (repo.clone(), e.path(), index.clone());
+                let h = tokio::spawn(ship_one(
+                    repo,
                     name.clone(),
-                    tokio::spawn(ship_one(repo, name, spool, index, lease_period, stop)),
-                );
+                    spool,
+                    index,
+                    lease_period,
+                    own_stop.clone(),
+                ));
+                g.running.insert(name, (own_stop, h));
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for (_, t) in tasks {
+    let running = std::mem::take(&mut tasks.inner.lock().await.running);
+    for (_, (s, _)) in running.iter() {
+        s.store(true, Ordering::Relaxed);
+    }
+    for (_, (_, t)) in running {
         let _ = t.await;
     }
 }

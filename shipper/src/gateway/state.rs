@@ -36,6 +36,10 @@ pub struct Gateway {
     pub(super) admin_secret: String,
     /// The policy file, re-read when it changes.
     pub policies: super::policy::Policies,
+    /// Merges with the registry the repository's other process servers share.
+    pub registry_sync: super::shared_registry::SyncState,
+    /// Every machine's ship task (paused to drop a stale disk).
+    pub ship_tasks: Arc<super::ship::ShipTasks>,
 }
 
 /// A 200 answer: JSON, the bytes of a point's chunks, a fleet page, or
@@ -52,6 +56,15 @@ pub(super) struct Reply(pub(super) StatusCode, pub(super) Value);
 
 pub(super) fn refuse(status: StatusCode, why: impl Into<String>) -> Reply {
     Reply(status, json!({ "error": why.into() }))
+}
+
+/// The `Bearer MACHINE:SECRET` of a request.
+fn credential(req: &Request<Incoming>) -> Option<(&str, &str)> {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(':'))
 }
 
 impl Gateway {
@@ -76,6 +89,8 @@ impl Gateway {
             contact: Mutex::new(HashMap::new()),
             contact_ns: Mutex::new(HashMap::new()),
             readers: tokio::sync::Mutex::new(HashMap::new()),
+            registry_sync: Default::default(),
+            ship_tasks: Default::default(),
         })
     }
 
@@ -133,14 +148,26 @@ impl Gateway {
         Ok(g.1.clone())
     }
 
+    /// [`Gateway::authenticate`], first merging the shared registry when
+    /// the credential is not known here (the machine may have enrolled on
+    /// another process server of the repository).
+    pub(super) async fn authenticate_shared(
+        &self,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+    ) -> std::result::Result<String, Reply> {
+        let known = credential(req)
+            .zip(self.registry().ok())
+            .is_some_and(|((n, s), reg)| reg.authenticate(n, s).is_ok());
+        if !known && credential(req).is_some() {
+            self.registry_sync.on_demand(&self.repo, &self.state_dir).await;
+        }
+        self.authenticate(req, peer)
+    }
+
     /// The machine a request authenticates as.
     pub(super) fn authenticate(&self, req: &Request<Incoming>, peer: SocketAddr) -> std::result::Result<String, Reply> {
-        let h = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let Some((name, secret)) = h.and_then(|v| v.split_once(':')) else {
+        let Some((name, secret)) = credential(req) else {
             tracing::warn!(peer = %peer, "refused: no machine credential");
             return Err(refuse(StatusCode::UNAUTHORIZED, "no machine credential (enroll first)"));
         };

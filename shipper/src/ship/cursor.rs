@@ -66,3 +66,24 @@ pub(super) fn save_cursor(spool: &Path, disk: &Uuid, c: &CursorFile) -> Result<(
     hrl_format::sync_dir(spool)?;
     Ok(())
 }
+
+/// The newest segment of `disk` wholly published from `spool`: the ship
+/// cursor is past it (`None` before the first point). A forwarder with
+/// several gateways deletes a segment only then: until a point is
+/// published, another gateway may need the segment to take the disk over.
+pub fn published_through(spool: &Path, disk: &Uuid) -> Result<Option<u64>> {
+    Ok(load_cursor(spool, disk)?.seq.checked_sub(1))
+}
+
+/// Forgets where `disk` stands in `spool` (its cursor and window journal):
+/// a process server whose cached copy of the disk is stale (another one
+/// shipped the disk since) starts it again from what the forwarder sends.
+pub fn forget_disk(spool: &Path, disk: &Uuid) -> Result<()> {
+    let p = cursor_path(spool, disk);
+    match std::fs::remove_file(&p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ShipError::io(p, "remove cursor", e)),
+    }
+    journal::remove(spool, disk)
+}

@@ -69,6 +69,11 @@ pub(super) struct DiskShipper {
     pub(super) next_claim: Option<std::time::Duration>,
     /// The holder last reported as holding the lease (logged once).
     pub(super) waiting_for: Option<String>,
+    /// When (lease clock) a record was last read or the lease taken.
+    pub(super) active_at: Option<std::time::Duration>,
+    /// Where the follower was when the lease was given up for lack of
+    /// records: it is claimed again only once the spool grows past it.
+    pub(super) released_at: Option<Cursor>,
 }
 
 /// Pack uploads in flight per disk: enough to keep a remote endpoint busy
@@ -108,6 +113,8 @@ impl DiskShipper {
             watch: Default::default(),
             next_claim: None,
             waiting_for: None,
+            active_at: None,
+            released_at: None,
         })
     }
 
@@ -232,6 +239,15 @@ impl DiskShipper {
             }
         }
         self.add_batch(repo, known, opts, report, &mut batch).await?;
+        let now = opts.lease.clock.now();
+        if any {
+            self.active_at = Some(now);
+        } else if self
+            .active_at
+            .is_some_and(|t| now.saturating_sub(t) >= opts.lease.period)
+        {
+            self.idle_release(repo, known, opts, report).await?;
+        }
         Ok(any)
     }
 
@@ -282,6 +298,26 @@ impl DiskShipper {
         Ok(())
     }
 
+    /// Makes the chunks of the unpublished window durable in the
+    /// repository (packs, then an index), so reading the window again
+    /// stores nothing twice.
+    pub(super) async fn store_window(
+        &mut self,
+        repo: &Repo,
+        known: &mut Known,
+        opts: &ShipOptions,
+        report: &mut ShipReport,
+    ) -> Result<()> {
+        self.flush_pack(repo, opts, report).await?;
+        self.wait_uploads().await?;
+        if !self.unindexed.is_empty() {
+            let key = repo.write_index(&self.unindexed).await?;
+            self.unindexed.clear();
+            known.add(&key, self.pending.drain()).await?;
+        }
+        Ok(())
+    }
+
     /// Makes the unpublished window durable (packs, index, journal) so
     /// the segments before `next` can be deleted before the point's tag.
     pub(super) async fn spill(
@@ -292,13 +328,7 @@ impl DiskShipper {
         report: &mut ShipReport,
         next: Cursor,
     ) -> Result<()> {
-        self.flush_pack(repo, opts, report).await?;
-        self.wait_uploads().await?;
-        if !self.unindexed.is_empty() {
-            let key = repo.write_index(&self.unindexed).await?;
-            self.unindexed.clear();
-            known.add(&key, self.pending.drain()).await?;
-        }
+        self.store_window(repo, known, opts, report).await?;
         crate::ship::journal::append(
             &opts.spool,
             &self.disk,

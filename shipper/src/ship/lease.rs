@@ -28,11 +28,18 @@ impl DiskShipper {
         if self.next_claim.is_some_and(|t| now < t) {
             return Ok(false);
         }
+        if let Some(at) = self.released_at {
+            if !spool_beyond(&opts.spool, &self.disk, at)? {
+                return Ok(false);
+            }
+            self.released_at = None;
+        }
         self.next_claim = Some(now + claim_interval(opts));
         match lease::claim(repo, &self.disk, &opts.lease, &mut self.watch).await? {
             Claim::Held(l) => {
                 self.lease = Some(l);
                 self.next_claim = None;
+                self.active_at = Some(now);
                 Ok(true)
             }
             Claim::Busy { holder, generation } if opts.once => Err(ShipError::Leased {
@@ -94,6 +101,31 @@ impl DiskShipper {
         self.reset(spool)
     }
 
+    /// No record for a whole lease period: give the lease up, so another
+    /// shipper the disk's records now go to (a forwarder that moved to
+    /// another process server) need not wait for this one to stop. The
+    /// window's chunks are stored first; the window is read again from the
+    /// cursor if the lease is taken back when the spool grows.
+    pub(super) async fn idle_release(
+        &mut self,
+        repo: &Repo,
+        known: &mut super::known::Known,
+        opts: &ShipOptions,
+        report: &mut super::status::ShipReport,
+    ) -> Result<()> {
+        if self.lease.is_none() {
+            return Ok(());
+        }
+        self.store_window(repo, known, opts, report).await?;
+        let at = self.follower.cursor();
+        self.release_lease(repo).await;
+        self.reset(&opts.spool)?;
+        self.released_at = Some(at);
+        self.active_at = None;
+        tracing::info!(disk = %self.disk, idle_s = opts.lease.period.as_secs(), "no new records for a lease period: gave the disk's lease up until the spool grows");
+        Ok(())
+    }
+
     /// A clean stop: the next shipper of the disk need not wait a period.
     pub(super) async fn release_lease(&mut self, repo: &Repo) {
         if let Some(l) = self.lease.take() {
@@ -102,4 +134,23 @@ impl DiskShipper {
             }
         }
     }
+}
+
+/// Whether `disk`'s spool holds bytes past `at` (a newer segment, or more
+/// of the segment `at` is in).
+fn spool_beyond(spool: &std::path::Path, disk: &uuid::Uuid, at: hrl_format::Cursor) -> Result<bool> {
+    for s in hrl_format::list_segments(spool, Some(*disk))? {
+        if s.seq > at.seq || (s.seq == at.seq && at.offset == 0) {
+            return Ok(true);
+        }
+        if s.seq == at.seq {
+            let len = std::fs::metadata(&s.path)
+                .map_err(|e| ShipError::io(&s.path, "stat", e))?
+                .len();
+            if len > at.offset {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }

@@ -21,6 +21,7 @@ pub mod run;
 pub mod spool_lock;
 pub mod status;
 
+pub use cursor::{forget_disk, published_through};
 pub use known::SharedIndex;
 pub use options::{ShipOptions, Throttle};
 pub use run::ship;
