@@ -389,7 +389,12 @@ fn a_fleet_forwards_through_a_gateway_killed_and_restarted_and_every_point_is_ex
 mod policy;
 use policy::a_policy_set_on_the_gateway_drives_the_agents_points_and_retention;
 
+#[path = "gateway/scaleout.rs"]
+mod scaleout;
+use scaleout::three_gateways_killed_in_turn_publish_every_point_of_twelve_machines_once;
+
 hrl_testkit::tests!(
     RootAzurite: [a_fleet_forwards_through_a_gateway_killed_and_restarted_and_every_point_is_exact],
     Root: [a_policy_set_on_the_gateway_drives_the_agents_points_and_retention],
+    Azurite: [three_gateways_killed_in_turn_publish_every_point_of_twelve_machines_once],
 );

@@ -35,11 +35,23 @@ impl SpoolWriter {
     /// [`SpoolWriter::new`] for disk `host/name`: every segment starts with
     /// an Identity record, as the agent writes it.
     pub fn named(dir: &Path, disk: Uuid, chunks: u64, seed: u64, host: &str, name: &str) -> Self {
+        Self::named_rotating(dir, disk, chunks, seed, (host, name), 8 << 20)
+    }
+
+    /// [`SpoolWriter::named`] with segments rotated at `rotate` bytes.
+    pub fn named_rotating(
+        dir: &Path,
+        disk: Uuid,
+        chunks: u64,
+        seed: u64,
+        (host, name): (&str, &str),
+        rotate: u64,
+    ) -> Self {
         let id = Identity {
             host: host.into(),
             name: name.into(),
         };
-        Self::open(dir, disk, chunks, CHUNK as usize, 8 << 20, seed, Some(id))
+        Self::open(dir, disk, chunks, CHUNK as usize, rotate, seed, Some(id))
     }
 
     fn open(

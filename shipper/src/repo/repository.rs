@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -570,11 +570,16 @@ impl Repo {
             .map_err(|e| self.err("delete", key, e))
     }
 
-    /// Every index: chunk id -> location.
+    /// Every index: chunk id -> location; objects read 16 at a time (a
+    /// remote store's round trips), merged in name order.
     pub async fn load_index(&self) -> Result<HashMap<ChunkId, Location>> {
+        let keys = self.list("index").await?.into_iter().map(|(k, _)| (self.clone(), k));
+        let mut objects = futures::stream::iter(keys)
+            .map(|(r, k)| async move { r.load_index_object(&k).await })
+            .buffered(16);
         let mut map = HashMap::new();
-        for (key, _) in self.list("index").await? {
-            map.extend(self.load_index_object(&key).await?);
+        while let Some(entries) = objects.next().await {
+            map.extend(entries?);
         }
         Ok(map)
     }

@@ -166,8 +166,14 @@ impl DiskShipper {
         report: &mut ShipReport,
         stop: &AtomicBool,
     ) -> Result<bool> {
+        let had_lease = self.lease.is_some();
         if !self.hold_lease(repo, opts).await? {
             return Ok(false);
+        }
+        if !had_lease {
+            if let Err(e) = known.refresh_now(repo).await {
+                tracing::warn!(disk = %self.disk, error = %e, "could not read the index objects written elsewhere; chunks stored there may be stored again");
+            }
         }
         let mut any = false;
         // Non-zero chunks are batched (up to BATCH) and hashed and sealed

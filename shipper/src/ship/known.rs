@@ -55,9 +55,15 @@ impl SharedIndex {
     /// Reads the index objects written elsewhere since the last look, at
     /// most every [`REFRESH`].
     pub async fn refresh_if_due(&self, repo: &Repo) -> Result<()> {
+        self.refresh(repo, REFRESH).await
+    }
+
+    /// Reads the index objects written elsewhere unless that was done
+    /// within `gap`.
+    async fn refresh(&self, repo: &Repo, gap: Duration) -> Result<()> {
         {
             let mut t = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
-            if t.elapsed() < REFRESH {
+            if t.elapsed() < gap {
                 return Ok(());
             }
             *t = Instant::now();
@@ -119,6 +125,14 @@ impl Known {
     /// See [`SharedIndex::refresh_if_due`].
     pub(super) async fn refresh_if_due(&self, repo: &Repo) -> Result<()> {
         self.shared.refresh_if_due(repo).await
+    }
+
+    /// After taking a disk's lease: the disk may have been shipped by
+    /// another shipper since this one last looked, and the window about to
+    /// be read again holds the chunks it stored; reading its index objects
+    /// now keeps them from being stored twice.
+    pub(super) async fn refresh_now(&self, repo: &Repo) -> Result<()> {
+        self.shared.refresh(repo, Duration::ZERO).await
     }
 
     /// Whether a prune finished since this loop last checked: one HEAD,
