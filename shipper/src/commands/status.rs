@@ -60,6 +60,9 @@ pub fn run(a: Args) -> Result<u8> {
                 hrl_format::human_bytes(ds.unpublished_bytes),
                 if ds.rpo_exceeded { "EXCEEDED" } else { "ok" }
             );
+            if let Some(h) = &ds.waiting_for_lease {
+                println!("  waiting for the disk's lease, held by {h}");
+            }
         }
         print_last(st.last_error.as_deref(), st.metrics.as_deref());
     }

@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod disks;
 pub mod fence;
 pub mod groups;
+mod index_objects;
 pub mod lease;
 pub mod lock;
 pub mod manifest;

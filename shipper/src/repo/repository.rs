@@ -1,20 +1,18 @@
 //! A repository on a blob store: open/init, keys, config, typed object
 //! access with durable writes.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::crypto::{open, random, seal, wrap_cipher, ChunkId, Keys};
-use super::pack::{decode_index, encode_index, Location, PackEntries};
+use super::crypto::{open, random, seal, wrap_cipher, Keys};
 use crate::error::{to_json, to_json_pretty, Result, ShipError};
 
 /// Repository parameters (the `config` object).
@@ -568,32 +566,5 @@ impl Repo {
             .delete(&ObjPath::from(key))
             .await
             .map_err(|e| self.err("delete", key, e))
-    }
-
-    /// Every index: chunk id -> location; objects read 16 at a time (a
-    /// remote store's round trips), merged in name order.
-    pub async fn load_index(&self) -> Result<HashMap<ChunkId, Location>> {
-        let keys = self.list("index").await?.into_iter().map(|(k, _)| (self.clone(), k));
-        let mut objects = futures::stream::iter(keys)
-            .map(|(r, k)| async move { r.load_index_object(&k).await })
-            .buffered(16);
-        let mut map = HashMap::new();
-        while let Some(entries) = objects.next().await {
-            map.extend(entries?);
-        }
-        Ok(map)
-    }
-
-    /// The entries of one index object.
-    pub async fn load_index_object(&self, key: &str) -> Result<Vec<(ChunkId, Location)>> {
-        let blob = self.get(key).await?;
-        decode_index(&self.keys, key, &blob)
-    }
-
-    /// Writes an index object for `packs` (durably); returns its key.
-    pub async fn write_index(&self, packs: &[PackEntries]) -> Result<String> {
-        let (key, body) = encode_index(&self.keys, packs)?;
-        self.put(&key, body, true).await?;
-        Ok(key)
     }
 }

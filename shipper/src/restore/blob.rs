@@ -45,7 +45,7 @@ pub async fn restore_to_blob(
     let t0 = Instant::now();
     let seq = resolve(repo, disk, p).await?;
     let (h, map) = manifest::full_map(repo, disk, seq).await?;
-    let index = repo.load_index().await?;
+    let index = crate::restore::index_for(repo, &map).await?;
     let blob = open_blob(to).await?;
     if let Some(props) = blob.properties(None).await? {
         if props.meta.contains_key(META_STANDBY) {

@@ -105,7 +105,7 @@ async fn restore_with(
     let t0 = Instant::now();
     let seq = resolve(repo, disk, p).await?;
     let (h, map) = manifest::full_map(repo, disk, seq).await?;
-    let index = repo.load_index().await?;
+    let index = crate::restore::index_for(repo, &map).await?;
     let target = target::open(to, mode)?;
     let job = Job {
         repo,

@@ -110,6 +110,22 @@ impl RestoreReport {
     }
 }
 
+/// The index entries of the chunks `map` (one point) uses: memory follows
+/// the point restored, not the repository's size.
+pub async fn index_for(
+    repo: &Repo,
+    map: &std::collections::BTreeMap<u64, crate::repo::manifest::ChunkRef>,
+) -> Result<std::collections::HashMap<crate::repo::crypto::ChunkId, crate::repo::pack::Location>> {
+    let ids: std::collections::HashSet<crate::repo::crypto::ChunkId> = map
+        .values()
+        .filter_map(|r| match r {
+            crate::repo::manifest::ChunkRef::Stored(id) => Some(*id),
+            crate::repo::manifest::ChunkRef::Zero => None,
+        })
+        .collect();
+    repo.load_index_where(|id| ids.contains(id)).await
+}
+
 /// The newest point of `disk` taken at or before `before_ns` (tag time).
 pub async fn newest_before(repo: &Repo, disk: &Uuid, before_ns: u64) -> Result<u64> {
     for seq in manifest::list_points(repo, disk).await?.into_iter().rev() {

@@ -31,7 +31,7 @@ impl PointReader {
     /// Opens point `seq` of `disk` with the repository's index as it is now.
     pub async fn open(repo: &Repo, disk: &Uuid, seq: u64) -> Result<Self> {
         let (header, map) = manifest::full_map(repo, disk, seq).await?;
-        let index = Arc::new(repo.load_index().await?);
+        let index = Arc::new(crate::restore::index_for(repo, &map).await?);
         Ok(PointReader {
             disk: *disk,
             header,

@@ -40,6 +40,7 @@ impl DiskShipper {
                 self.lease = Some(l);
                 self.next_claim = None;
                 self.active_at = Some(now);
+                self.waiting_for = None;
                 Ok(true)
             }
             Claim::Busy { holder, generation } if opts.once => Err(ShipError::Leased {

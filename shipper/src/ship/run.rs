@@ -160,6 +160,7 @@ fn save_status(
                 e.name = Some(i.name.clone());
             }
             e.unpublished_bytes = d.window_data;
+            e.waiting_for_lease = d.lease.is_none().then(|| d.waiting_for.clone()).flatten();
             e.last_point_time_ns = d.last_published_ns;
             e.last_point = d.last_published_seq;
             e.rpo_seconds = d

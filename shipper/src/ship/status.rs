@@ -55,6 +55,10 @@ pub struct DiskShipStatus {
     pub rpo_exceeded: bool,
     /// Bytes of chunk data read since the last published point.
     pub unpublished_bytes: u64,
+    /// Another shipper holds the disk's lease (its holder): this one
+    /// waits for it to stop renewing it or to give it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for_lease: Option<String>,
 }
 
 impl DiskShipStatus {
