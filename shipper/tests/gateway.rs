@@ -345,6 +345,14 @@ fn every_peer_that_misbehaves_is_refused_and_changes_nothing() {
         Some(bytes[half..].to_vec()),
     );
     assert_eq!(st, 403);
+    // Another machine cannot make the gateway drop this disk's copy; this
+    // machine's own `restart` at a segment the gateway does not expect
+    // past changes nothing.
+    let restart = format!("/v1/disks/{disk}/restart?segment=9");
+    let (st, _) = gw.call(&web02, Method::POST, &restart, None);
+    assert_eq!(st, 403);
+    let (st, v) = gw.call(&me, Method::POST, &format!("/v1/disks/{disk}/restart?segment=1"), None);
+    assert_eq!((st, &v["open"][1]), (200, &serde_json::json!(half as u64)), "{v}");
     // Nothing can be deleted.
     let (st, _) = gw.call(&me, Method::DELETE, &format!("/v1/disks/{disk}"), None);
     assert_eq!(st, 405);
