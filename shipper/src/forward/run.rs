@@ -238,7 +238,10 @@ async fn step(
             if !keep {
                 return Err(ShipError::Point {
                     disk: disk.to_string(),
-                    why: format!("the gateway expects segment {e}, but the spool's oldest is {}", seg.seq),
+                    why: format!(
+                        "the gateway expects segment {e}, but the spool's oldest is {}: the gateway lost segments it had acknowledged (its cache was lost or replaced); nothing more is sent, rather than publish points with part of their data missing",
+                        seg.seq
+                    ),
                 });
             }
             st.progress = Some(restart(c, disk, seg.seq, report).await?);
