@@ -9,7 +9,10 @@
 //!
 //! Usage: bench_gateway BIN_DIR WORK_DIR az://container/prefix
 //! Environment: BENCH_SECS (120), BENCH_MACHINES (20), BENCH_RATE_MB (2),
-//! BENCH_BIG_MB (25), BENCH_SHARED (0.3).
+//! BENCH_BIG_MB (25), BENCH_SHARED (0.3), BENCH_GATEWAYS (1: with more,
+//! run 1 uses that many process servers on the one repository, each
+//! machine enrolled on one of them in turn and forwarding to all; the
+//! chunks they stored twice are counted).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -150,6 +153,8 @@ struct Run {
     side_cpu: f64,
     gw: Option<(f64, u64)>,
     stored: u64,
+    /// Chunks stored twice and chunks indexed (run 1 only).
+    dup: Option<(u64, u64)>,
 }
 
 /// Runs the load with `start(i, spool)` starting what ships machine `i`.
@@ -200,6 +205,7 @@ fn run(
         side_cpu,
         gw: None,
         stored,
+        dup: None,
     }
 }
 
@@ -223,14 +229,16 @@ fn main() {
             host: format!("m{i:02}"),
             disk: Uuid::new_v4(),
             rate,
-            seed: 100 + i as u64,
+            // Odd and distinct: the generator forces the low bit, so
+            // 100 + i gave two machines the same data.
+            seed: 101 + 2 * i as u64,
         })
         .collect();
     loads.push(Load {
         host: "big".into(),
         disk: Uuid::new_v4(),
         rate: big,
-        seed: 99,
+        seed: 97,
     });
     let offered = loads
         .iter()
@@ -252,6 +260,7 @@ fn main() {
         loads,
         secs,
         shared,
+        gateways: env_or("BENCH_GATEWAYS", 1),
     };
     let mut r1 = via_gateway(&ctx);
     let mut r2 = direct(&ctx);
@@ -268,6 +277,7 @@ struct Ctx {
     loads: Vec<Load>,
     secs: f64,
     shared: f64,
+    gateways: usize,
 }
 
 impl Ctx {
@@ -280,56 +290,67 @@ impl Ctx {
     }
 }
 
-/// Run 1: through one process server.
-fn via_gateway(c: &Ctx) -> Run {
-    let Ctx {
-        rt,
-        bin,
-        work,
-        key,
-        loads,
-        ..
-    } = c;
-    let gw_url = format!("{}-gw", c.url);
-    let repo = c.repo(&gw_url);
-    let state = work.join("gw-state");
+/// Starts process server `k` of run 1 (all share gateway 0's certificate);
+/// returns it and its port.
+fn start_gateway(c: &Ctx, gw_url: &str, k: usize) -> (Child, u16) {
+    let state = c.work.join(format!("gw-state-{k}"));
+    std::fs::create_dir_all(&state).unwrap();
+    if k > 0 {
+        for f in ["gateway.crt", "gateway.key"] {
+            std::fs::copy(c.work.join("gw-state-0").join(f), state.join(f)).unwrap();
+        }
+    }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let gw = Command::new(bin.join("hrl-shipper"))
+    let gw = Command::new(c.bin.join("hrl-shipper"))
         .args([
             "serve",
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--repo",
-            &gw_url,
+            gw_url,
             "--key-file",
-            key.to_str().unwrap(),
+            c.key.to_str().unwrap(),
             "--state-dir",
             state.to_str().unwrap(),
         ])
-        .stderr(std::fs::File::create(work.join("gateway.log")).unwrap())
+        .stderr(std::fs::File::create(c.work.join(format!("gateway-{k}.log"))).unwrap())
         .spawn()
         .unwrap();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(50));
     }
+    (gw, port)
+}
+
+/// Run 1: through BENCH_GATEWAYS process servers (one by default).
+fn via_gateway(c: &Ctx) -> Run {
+    let Ctx {
+        rt, bin, work, loads, ..
+    } = c;
+    let gw_url = format!("{}-gw", c.url);
+    let repo = c.repo(&gw_url);
+    let state0 = work.join("gw-state-0");
     let fp = String::from_utf8(
         Command::new(bin.join("hrl-shipper"))
-            .args(["serve", "--state-dir", state.to_str().unwrap(), "--fingerprint"])
+            .args(["serve", "--state-dir", state0.to_str().unwrap(), "--fingerprint"])
             .output()
             .unwrap()
             .stdout,
     )
     .unwrap();
-    let gateway = format!("https://127.0.0.1:{port}");
-    for l in loads.iter() {
+    let n = c.gateways.max(1);
+    let gws: Vec<(Child, u16)> = (0..n).map(|k| start_gateway(c, &gw_url, k)).collect();
+    let urls: Vec<String> = gws.iter().map(|(_, p)| format!("https://127.0.0.1:{p}")).collect();
+    for (i, l) in loads.iter().enumerate() {
+        let state = work.join(format!("gw-state-{}", i % n));
         let token =
             hrl_shipper::gateway::machines::Registry::update(&state, |r| r.add(&l.host, hrl_format::now_ns())).unwrap();
         rt.block_on(hrl_shipper::forward::enroll(
-            &gateway,
+            &urls[i % n],
             fp.trim(),
             &token,
             &work.join(format!("{}.id", l.host)),
@@ -337,21 +358,31 @@ fn via_gateway(c: &Ctx) -> Run {
         .unwrap();
     }
     let fwd = |i: usize, spool: &Path| {
-        Command::new(bin.join("hrl-shipper"))
-            .args([
-                "run",
-                "--identity",
-                work.join(format!("{}.id", loads[i].host)).to_str().unwrap(),
-                "--spool",
-                spool.to_str().unwrap(),
-            ])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        let order: Vec<&str> = (0..n).map(|k| urls[(i + k) % n].as_str()).collect();
+        let mut cmd = Command::new(bin.join("hrl-shipper"));
+        cmd.args([
+            "run",
+            "--identity",
+            work.join(format!("{}.id", loads[i].host)).to_str().unwrap(),
+            "--spool",
+            spool.to_str().unwrap(),
+        ]);
+        if n > 1 {
+            cmd.args(["--gateway", &order.join(",")]);
+        }
+        let log = std::fs::File::create(work.join(format!("forward-{}.log", loads[i].host))).unwrap();
+        cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap()
     };
     let gw_work = work.join("via-gateway");
     let mut r1 = run(rt, &repo, loads, &gw_work, c.secs, c.shared, &fwd);
-    r1.gw = Some(stop(gw));
+    let stopped: Vec<(f64, u64)> = gws.into_iter().map(|(g, _)| stop(g)).collect();
+    r1.gw = Some((
+        stopped.iter().map(|s| s.0).sum(),
+        stopped.iter().map(|s| s.1).max().unwrap_or(0),
+    ));
+    let checked = rt.block_on(hrl_shipper::restore::check::check(&repo, false)).unwrap();
+    let indexed = rt.block_on(repo.load_index()).unwrap().len() as u64;
+    r1.dup = Some((checked.duplicate_chunks, indexed + checked.duplicate_chunks));
     r1
 }
 
@@ -402,10 +433,16 @@ fn report(r1: &mut Run, r2: &mut Run, offered: f64) {
         );
     }
     println!(
-        "gateway: CPU {gcpu:.1} s ({:.2} s/GB), peak RSS {} MiB",
+        "gateway: CPU {gcpu:.1} s ({:.2} s/GB), peak RSS {} MiB (the largest of them)",
         gcpu / gb,
         grss >> 20
     );
+    if let Some((dup, all)) = r1.dup {
+        println!(
+            "chunks stored twice via the gateways: {dup} of {all} index entries ({:.2}%)",
+            dup as f64 * 100.0 / all.max(1) as f64
+        );
+    }
     println!(
         "ratios: gateway/direct throughput {:.2}; machines' CPU per GB gateway/direct {:.2}",
         r2.secs / r1.secs,

@@ -3,7 +3,7 @@
 //! between machines is stored once, and the index is held once), with the
 //! publish order and promises of the local shipper.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,7 +23,9 @@ pub struct ShipTasks {
 #[derive(Default)]
 struct Tasks {
     running: HashMap<String, (Arc<AtomicBool>, tokio::task::JoinHandle<()>)>,
-    paused: HashSet<String>,
+    /// Machines paused, with how many pauses are outstanding (two
+    /// requests may pause one machine at once).
+    paused: HashMap<String, usize>,
 }
 
 impl ShipTasks {
@@ -32,7 +34,7 @@ impl ShipTasks {
     pub async fn pause(&self, machine: &str) {
         let task = {
             let mut g = self.inner.lock().await;
-            g.paused.insert(machine.to_string());
+            *g.paused.entry(machine.to_string()).or_default() += 1;
             g.running.remove(machine)
         };
         if let Some((stop, h)) = task {
@@ -43,7 +45,13 @@ impl ShipTasks {
 
     /// Lets `machine`'s ship task start again (within half a second).
     pub async fn resume(&self, machine: &str) {
-        self.inner.lock().await.paused.remove(machine);
+        let mut g = self.inner.lock().await;
+        if let Some(n) = g.paused.get_mut(machine) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.paused.remove(machine);
+            }
+        }
     }
 }
 
@@ -67,7 +75,7 @@ pub async fn ship_machines(
                 let Some(name) = e.file_name().to_str().map(str::to_string) else {
                     continue;
                 };
-                if !e.path().is_dir() || g.running.contains_key(&name) || g.paused.contains(&name) {
+                if !e.path().is_dir() || g.running.contains_key(&name) || g.paused.contains_key(&name) {
                     continue;
                 }
                 let own_stop = Arc::new(AtomicBool::new(false));
