@@ -230,11 +230,7 @@ async fn step(
         if progress.complete_through.is_some_and(|c| seg.seq <= c) {
             continue;
         }
-        let expects = progress
-            .open
-            .map(|(s, _)| s)
-            .or(progress.complete_through.map(|c| c + 1));
-        if let Some(e) = expects.filter(|&e| e < seg.seq) {
+        if let Some(e) = progress.expects().filter(|&e| e < seg.seq) {
             if !keep {
                 return Err(ShipError::Point {
                     disk: disk.to_string(),

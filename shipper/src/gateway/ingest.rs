@@ -35,6 +35,14 @@ pub struct DiskProgress {
     pub published_through: Option<u64>,
 }
 
+impl DiskProgress {
+    /// The segment the gateway takes next: the open one, else the one
+    /// after the last received whole (`None`: any, it holds nothing).
+    pub fn expects(&self) -> Option<u64> {
+        self.open.map(|(s, _)| s).or(self.complete_through.map(|c| c + 1))
+    }
+}
+
 /// Why a range was not taken.
 #[derive(Debug)]
 pub enum Rejected {

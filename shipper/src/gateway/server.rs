@@ -240,11 +240,7 @@ async fn restart(gw: &Gateway, machine: &str, disk: Uuid, query: Option<&str>) -
         .ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "segment=N is missing"))?;
     let internal = |e: ShipError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let p = gw.ingest.progress(machine, &disk).map_err(internal)?;
-    let expects = match p.open {
-        Some((s, _)) => Some(s),
-        None => p.complete_through.map(|c| c + 1),
-    };
-    let Some(expects) = expects.filter(|&e| seg > e) else {
+    let Some(expects) = p.expects().filter(|&e| seg > e) else {
         return Ok(json!(p));
     };
     tracing::warn!(machine = %machine, disk = %disk, expected = expects, forwarder_starts_at = seg, "this gateway's copy of the disk is stale (another process server shipped it since): dropping it and starting again at the forwarder's oldest segment");
