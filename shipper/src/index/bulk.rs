@@ -66,7 +66,11 @@ fn get(r: &mut impl Read) -> std::io::Result<Option<(ChunkId, Location)>> {
 impl BulkLoader {
     /// Runs are spilled in a temporary directory beside `index_file`.
     pub fn new(index_file: &Path) -> Result<Self> {
-        let parent = index_file.parent().unwrap_or(Path::new("."));
+        Self::in_dir(index_file.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Runs are spilled in a temporary directory inside `parent`.
+    pub fn in_dir(parent: &Path) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(".hrl-index-load-")
             .tempdir_in(parent)
@@ -81,6 +85,11 @@ impl BulkLoader {
 
     pub fn push(&mut self, entries: impl IntoIterator<Item = (ChunkId, Location)>) -> Result<()> {
         for e in entries {
+            if self.buf.capacity() == 0 {
+                // At once: growing by doubling would hold the old and the
+                // new buffer together (a run and a half).
+                self.buf.reserve_exact(self.run);
+            }
             self.buf.push(e);
             if self.buf.len() >= self.run {
                 self.spill()?;
@@ -106,14 +115,41 @@ impl BulkLoader {
     }
 
     /// Merges every run in id order, handing `insert` batches of entries
-    /// (one write transaction each). Returns the entries written (an id in
-    /// several runs counts once: the last run wins).
-    pub fn finish(mut self, mut insert: impl FnMut(&[(ChunkId, Location)]) -> Result<()>) -> Result<u64> {
+    /// (one write transaction each). Returns the entries written (an id
+    /// pushed several times counts once; any of its locations is kept:
+    /// each is a valid copy).
+    pub fn finish(self, mut insert: impl FnMut(&[(ChunkId, Location)]) -> Result<()>) -> Result<u64> {
+        let mut out: Vec<(ChunkId, Location)> = Vec::with_capacity(TXN);
+        let mut written = 0u64;
+        self.merge(|id, l| {
+            if out.last().is_some_and(|(last, _)| *last == id) {
+                out.pop();
+                written -= 1;
+            }
+            out.push((id, l));
+            written += 1;
+            if out.len() >= TXN {
+                // Keep the newest id back: a later run may hold it again.
+                let keep = out.pop();
+                insert(&out)?;
+                out.clear();
+                out.extend(keep);
+            }
+            Ok(())
+        })?;
+        insert(&out)?;
+        Ok(written)
+    }
+
+    /// Hands `each` every entry pushed, in id order (the entries of one id
+    /// one after another, in no particular order among themselves).
+    pub fn merge(mut self, mut each: impl FnMut(ChunkId, Location) -> Result<()>) -> Result<()> {
         self.spill()?;
         let mut readers = Vec::new();
         for p in &self.runs {
             let f = File::open(p).map_err(io(p, "open"))?;
-            readers.push(BufReader::with_capacity(256 << 10, f));
+            // Small buffers: one per run, and a run is 76 MiB.
+            readers.push(BufReader::with_capacity(64 << 10, f));
         }
         // (id, run) of each run's next entry; its location in `heads`.
         let mut heap = BinaryHeap::new();
@@ -124,30 +160,15 @@ impl BulkLoader {
                 heads[i] = Some(e.1);
             }
         }
-        let mut out: Vec<(ChunkId, Location)> = Vec::with_capacity(TXN);
-        let mut written = 0u64;
         while let Some(Reverse((id, i))) = heap.pop() {
             let Some(l) = heads[i].take() else { continue };
-            if out.last().is_some_and(|(last, _)| *last == id) {
-                out.pop();
-                written -= 1;
-            }
-            out.push((id, l));
-            written += 1;
+            each(id, l)?;
             if let Some(e) = get(&mut readers[i]).map_err(io(&self.runs[i], "read"))? {
                 heap.push(Reverse((e.0, i)));
                 heads[i] = Some(e.1);
             }
-            if out.len() >= TXN {
-                // Keep the newest id back: a later run may hold it again.
-                let keep = out.pop();
-                insert(&out)?;
-                out.clear();
-                out.extend(keep);
-            }
         }
-        insert(&out)?;
-        Ok(written)
+        Ok(())
     }
 }
 

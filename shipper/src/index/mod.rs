@@ -9,6 +9,7 @@
 //! repository whenever it cannot be trusted.
 
 pub mod bulk;
+pub mod census;
 pub mod disk;
 
 use std::collections::HashMap;

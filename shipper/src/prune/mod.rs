@@ -9,8 +9,13 @@
 //! rewrite             a kept point whose delta chain runs through a removed
 //!                     point is rewritten as a checkpoint (full map)
 //! delete manifests    of removed points
-//! index               one consolidated index of the packs still needed,
-//!                     written before the old index objects are deleted
+//! join                the kept points' chunks with every index entry, by
+//!                     an external sort in TMPDIR (`packs.rs`): which packs
+//!                     a kept point needs; a referenced chunk in no index
+//!                     stops prune before it deletes any pack
+//! index               index objects listing a doomed pack, and small ones,
+//!                     rewritten without the doomed packs (merged, at most
+//!                     65 536 entries each), durable before the old ones go
 //! delete packs        indexed packs no kept point references and older than
 //!                     --pack-grace (default 24 h: a shipper's window journal
 //!                     may hold them before any manifest does); packs in no
@@ -37,11 +42,13 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::error::{Result, ShipError};
+use crate::index::census::{Census, Reference};
 use crate::repo::crypto::ChunkId;
 use crate::repo::lock::{self, LOCK};
 use crate::repo::manifest::{self, ChunkRef, PointHeader};
-use crate::repo::pack::PackEntries;
-use crate::repo::{pack_key, Repo};
+use crate::repo::Repo;
+
+mod packs;
 
 /// Which points to keep. The newest point of each disk is always kept.
 #[derive(Debug, Clone, Default)]
@@ -154,28 +161,26 @@ async fn prune_locked(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
     }
     let now = hrl_format::now_ns();
     rep.reference_ns = now;
-    let mut referenced: HashSet<ChunkId> = HashSet::new();
+    // The kept points' chunks, spilled and joined with the index entries
+    // in the temporary directory: memory does not follow the repository.
+    let mut census = Census::new(&std::env::temp_dir())?;
     for disk in manifest::list_disks(repo).await? {
         rep.disks += 1;
-        prune_disk(repo, opts, disk, now, &mut rep, &mut referenced).await?;
+        prune_disk(repo, opts, disk, now, &mut rep, &mut census).await?;
     }
-    let plan = plan_packs(repo, opts, &referenced).await?;
-    rep.packs_kept = plan.live.len() as u64;
+    let plan = packs::plan(repo, opts, census).await?;
+    rep.packs_kept = plan.kept;
     rep.packs_deleted = plan.doomed.len() as u64;
     rep.bytes_deleted = plan.doomed.iter().map(|d| d.1).sum();
-    if opts.dry_run || (plan.doomed.is_empty() && plan.index_keys.len() <= 1) {
+    if opts.dry_run || (plan.doomed.is_empty() && plan.replace.is_empty()) {
         return Ok(rep);
     }
-    // One index for what stays, durable before the old ones go.
-    let mut sorted = plan.live;
-    sorted.iter_mut().for_each(|(_, es)| es.sort_by_key(|e| e.1));
-    sorted.sort_by_key(|(p, _)| *p);
-    let new_key = repo.write_index(&sorted).await?;
-    for k in &plan.index_keys {
-        if *k != new_key {
-            repo.delete(k).await?;
-            rep.index_objects_replaced += 1;
-        }
+    // The new index objects are durable before the old ones go, and the
+    // old ones go before the packs they list.
+    plan.rewrite_index(repo).await?;
+    for k in &plan.replace {
+        repo.delete(k).await?;
+        rep.index_objects_replaced += 1;
     }
     for (k, _) in &plan.doomed {
         repo.delete(k).await?;
@@ -189,14 +194,14 @@ async fn prune_locked(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
 /// Applies the policy to one disk: counts and (unless a dry run) deletes
 /// the points it does not keep, rewrites a kept point whose chain ran
 /// through a removed one as a checkpoint, and adds the chunks kept points
-/// use to `referenced`.
+/// use to `census` (once each per disk).
 async fn prune_disk(
     repo: &Repo,
     opts: &PruneOptions,
     disk: Uuid,
     now: u64,
     rep: &mut PruneReport,
-    referenced: &mut HashSet<ChunkId>,
+    census: &mut Census,
 ) -> Result<()> {
     let seqs = manifest::list_points(repo, &disk).await?;
     // One pass in order keeps the running full map; memory is one map per
@@ -213,6 +218,8 @@ async fn prune_disk(
         policy.keep(&times, now)
     };
     let mut full: BTreeMap<u64, ChunkRef> = BTreeMap::new();
+    // The disk's referenced chunks, each with the first point using it.
+    let mut referenced: HashMap<ChunkId, Reference> = HashMap::new();
     // Whether the chain from the last kept checkpoint is intact.
     let mut chain_ok = false;
     let mut removed = Vec::new();
@@ -245,10 +252,18 @@ async fn prune_disk(
             }
         }
         chain_ok = true;
-        referenced.extend(full.values().filter_map(|r| match r {
-            ChunkRef::Stored(id) => Some(*id),
-            ChunkRef::Zero => None,
-        }));
+        for (&chunk, r) in &full {
+            if let ChunkRef::Stored(id) = r {
+                referenced.entry(*id).or_insert(Reference {
+                    disk,
+                    seq: h.seq,
+                    chunk,
+                });
+            }
+        }
+    }
+    for (id, r) in referenced {
+        census.reference(id, r)?;
     }
     for s in removed {
         rep.removed.push((disk, s));
@@ -257,60 +272,6 @@ async fn prune_disk(
         }
     }
     Ok(())
-}
-
-/// Which packs stay and which go.
-struct PackPlan {
-    /// The index objects there are now (replaced by one).
-    index_keys: Vec<String>,
-    /// Indexed packs that stay, with their entries: those holding a
-    /// referenced chunk and those too young to delete (a running shipper's
-    /// journaled window may use them).
-    live: Vec<PackEntries>,
-    /// Packs to delete: key and size.
-    doomed: Vec<(String, u64)>,
-}
-
-/// Plans the packs: those holding a referenced chunk stay; others go
-/// unless younger than `pack_grace` (or, unindexed, younger than a day).
-async fn plan_packs(repo: &Repo, opts: &PruneOptions, referenced: &HashSet<ChunkId>) -> Result<PackPlan> {
-    let index_keys: Vec<String> = repo.list("index").await?.into_iter().map(|(k, _)| k).collect();
-    let index = repo.load_index().await?;
-    let mut by_pack: HashMap<[u8; 32], PackEntries> = HashMap::new();
-    for (id, loc) in &index {
-        by_pack
-            .entry(loc.pack)
-            .or_insert_with(|| (loc.pack, Vec::new()))
-            .1
-            .push((*id, loc.offset, loc.len));
-    }
-    let needed: HashSet<String> = by_pack
-        .values()
-        .filter(|(_, es)| es.iter().any(|(id, _, _)| referenced.contains(id)))
-        .map(|(p, _)| pack_key(p))
-        .collect();
-    let indexed_keys: HashSet<String> = by_pack.keys().map(pack_key).collect();
-    let mut doomed: Vec<(String, u64)> = Vec::new();
-    for (key, size, age) in repo.list_with_age("packs").await? {
-        let indexed = indexed_keys.contains(&key);
-        if needed.contains(&key) || age < opts.pack_grace || (!indexed && age < Duration::from_secs(86_400)) {
-            continue;
-        }
-        doomed.push((key, size));
-    }
-    // The new index covers every indexed pack that stays, not only those
-    // kept points use: a pack kept for its grace period keeps its entries,
-    // or the shipper whose window uses it would find its chunks gone.
-    let doomed_keys: HashSet<&str> = doomed.iter().map(|(k, _)| k.as_str()).collect();
-    let live: Vec<PackEntries> = by_pack
-        .into_values()
-        .filter(|(p, _)| !doomed_keys.contains(pack_key(p).as_str()))
-        .collect();
-    Ok(PackPlan {
-        index_keys,
-        live,
-        doomed,
-    })
 }
 
 #[cfg(test)]

@@ -19,6 +19,13 @@ pub fn pack_key(id: &[u8; 32]) -> String {
     format!("packs/{}/{h}", &h[..2])
 }
 
+/// The pack id a pack's object name carries; None for another name.
+pub fn pack_id(key: &str) -> Option<[u8; 32]> {
+    let mut id = [0u8; 32];
+    hex::decode_to_slice(key.rsplit('/').next()?, &mut id).ok()?;
+    Some(id)
+}
+
 pub const PACK_MAGIC: &[u8; 8] = b"HRLPACK1";
 
 /// A blob's entry in a pack: chunk id, offset, length.

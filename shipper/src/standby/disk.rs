@@ -137,7 +137,7 @@ pub async fn catch_up(
     if todo.is_empty() {
         return Ok((done, snaps));
     }
-    let index = repo.load_index().await?;
+    let index = index_for(repo, disk, &todo).await?;
     for p in todo {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             break;
@@ -156,6 +156,30 @@ pub async fn catch_up(
         done.push(a);
     }
     Ok((done, snaps))
+}
+
+/// The index entries of every chunk the points `todo` (ascending) may
+/// write: the first one's full map and the later ones' own maps. Memory
+/// follows the disk, not the repository.
+async fn index_for(
+    repo: &Repo,
+    disk: &Uuid,
+    todo: &[u64],
+) -> Result<std::collections::HashMap<crate::repo::crypto::ChunkId, crate::repo::Location>> {
+    let mut ids = std::collections::HashSet::new();
+    let stored = |m: BTreeMap<u64, ChunkRef>| {
+        m.into_values().filter_map(|r| match r {
+            ChunkRef::Stored(id) => Some(id),
+            ChunkRef::Zero => None,
+        })
+    };
+    if let Some((&first, rest)) = todo.split_first() {
+        ids.extend(stored(manifest::full_map(repo, disk, first).await?.1));
+        for &p in rest {
+            ids.extend(stored(manifest::load(repo, disk, p).await?.1));
+        }
+    }
+    repo.load_index_where(|id| ids.contains(id)).await
 }
 
 /// The chunks of `p` to write given the standby's state; None: all.
