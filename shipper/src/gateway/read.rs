@@ -98,10 +98,13 @@ async fn reader(gw: &Gateway, machine: &str, disk: Uuid, seq: u64) -> std::resul
     match rs.get(machine) {
         Some(r) if r.disk == disk && r.header.seq == seq => Ok(r.clone()),
         _ => {
-            let r = PointReader::open(&gw.repo, &disk, seq).await.map_err(|e| match e {
-                ShipError::Point { .. } => refuse(StatusCode::NOT_FOUND, e.to_string()),
-                e => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-            })?;
+            let shared = gw.ship_tasks.index.get().map(Arc::as_ref);
+            let r = PointReader::open(&gw.repo, &disk, seq, shared)
+                .await
+                .map_err(|e| match e {
+                    ShipError::Point { .. } => refuse(StatusCode::NOT_FOUND, e.to_string()),
+                    e => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                })?;
             let r = Arc::new(r);
             rs.insert(machine.to_string(), r.clone());
             Ok(r)

@@ -14,10 +14,12 @@ use crate::ship::status::ShipStatus;
 use crate::ship::{ship, SharedIndex, ShipOptions};
 
 /// Every machine's ship task, so a request can pause one machine's (to
-/// drop a stale copy of a disk) and resume it.
+/// drop a stale copy of a disk) and resume it; and the chunk index they
+/// share, once loaded, which a machine's restore looks its chunks up in.
 #[derive(Default)]
 pub struct ShipTasks {
     inner: tokio::sync::Mutex<Tasks>,
+    pub index: std::sync::OnceLock<Arc<SharedIndex>>,
 }
 
 #[derive(Default)]
@@ -68,6 +70,7 @@ pub async fn ship_machines(
     let Some(index) = load_index(&repo, &state.join(INDEX_FILE), &stop).await else {
         return;
     };
+    let _ = tasks.index.set(index.clone());
     while !stop.load(Ordering::Relaxed) {
         if let Ok(rd) = std::fs::read_dir(&cache) {
             let mut g = tasks.inner.lock().await;

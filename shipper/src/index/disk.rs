@@ -166,6 +166,19 @@ impl DiskIndex {
             .collect()
     }
 
+    /// Where each of `ids` is (one read transaction).
+    pub fn get_each(&self, ids: &[ChunkId]) -> Result<Vec<Option<Location>>> {
+        let tx = self.db.begin_read().map_err(|e| err(&self.path, "read", e))?;
+        let t = tx.open_table(CHUNKS).map_err(|e| err(&self.path, "open table", e))?;
+        ids.iter()
+            .map(|id| {
+                Ok(t.get(id)
+                    .map_err(|e| err(&self.path, "read", e))?
+                    .map(|g| decode(g.value())))
+            })
+            .collect()
+    }
+
     pub fn get(&self, id: &ChunkId) -> Result<Option<Location>> {
         let tx = self.db.begin_read().map_err(|e| err(&self.path, "read", e))?;
         let t = tx.open_table(CHUNKS).map_err(|e| err(&self.path, "open table", e))?;

@@ -51,6 +51,14 @@ impl ChunkIndex {
         }
     }
 
+    /// Where each of `ids` is stored, if indexed.
+    pub fn get_each(&self, ids: &[ChunkId]) -> Result<Vec<Option<Location>>> {
+        match self {
+            ChunkIndex::Memory(m) => Ok(ids.iter().map(|id| m.get(id).copied()).collect()),
+            ChunkIndex::Disk(d) => d.get_each(ids),
+        }
+    }
+
     /// Adds the entries of the index object `key`, durable in the store.
     pub fn add(&mut self, key: Option<&str>, entries: Vec<(ChunkId, Location)>) -> Result<()> {
         match self {

@@ -116,14 +116,24 @@ pub async fn index_for(
     repo: &Repo,
     map: &std::collections::BTreeMap<u64, crate::repo::manifest::ChunkRef>,
 ) -> Result<std::collections::HashMap<crate::repo::crypto::ChunkId, crate::repo::pack::Location>> {
-    let ids: std::collections::HashSet<crate::repo::crypto::ChunkId> = map
+    let ids: std::collections::HashSet<crate::repo::crypto::ChunkId> = stored_ids(map).into_iter().collect();
+    repo.load_index_where(|id| ids.contains(id)).await
+}
+
+/// The distinct chunk ids `map` stores.
+pub fn stored_ids(
+    map: &std::collections::BTreeMap<u64, crate::repo::manifest::ChunkRef>,
+) -> Vec<crate::repo::crypto::ChunkId> {
+    let mut ids: Vec<crate::repo::crypto::ChunkId> = map
         .values()
         .filter_map(|r| match r {
             crate::repo::manifest::ChunkRef::Stored(id) => Some(*id),
             crate::repo::manifest::ChunkRef::Zero => None,
         })
         .collect();
-    repo.load_index_where(|id| ids.contains(id)).await
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// The newest point of `disk` taken at or before `before_ns` (tag time).

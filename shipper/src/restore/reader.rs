@@ -15,6 +15,7 @@ use crate::error::{Result, ShipError};
 use crate::repo::crypto::ChunkId;
 use crate::repo::manifest::{self, ChunkRef, PointHeader};
 use crate::repo::{pack_key, Location, Repo};
+use crate::ship::SharedIndex;
 
 /// Most chunks one read may ask for.
 pub const MAX_CHUNKS: u64 = 256;
@@ -28,10 +29,19 @@ pub struct PointReader {
 }
 
 impl PointReader {
-    /// Opens point `seq` of `disk` with the repository's index as it is now.
-    pub async fn open(repo: &Repo, disk: &Uuid, seq: u64) -> Result<Self> {
+    /// Opens point `seq` of `disk` with the repository's index as it is
+    /// now: from `shared` (a process server's index file) when it holds
+    /// every chunk of the point, else from the index objects.
+    pub async fn open(repo: &Repo, disk: &Uuid, seq: u64, shared: Option<&SharedIndex>) -> Result<Self> {
         let (header, map) = manifest::full_map(repo, disk, seq).await?;
-        let index = Arc::new(crate::restore::index_for(repo, &map).await?);
+        let found = match shared {
+            Some(s) => s.locations(repo, &crate::restore::stored_ids(&map)).await?,
+            None => None,
+        };
+        let index = Arc::new(match found {
+            Some(i) => i,
+            None => crate::restore::index_for(repo, &map).await?,
+        });
         Ok(PointReader {
             disk: *disk,
             header,

@@ -4,6 +4,7 @@
 //! soon as their index object is durable) and the gateway holds one copy
 //! of the index, not one per machine.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +51,25 @@ impl SharedIndex {
     /// Chunks indexed.
     pub async fn chunks(&self) -> Result<u64> {
         self.inner.read().await.0.chunks()
+    }
+
+    /// Where each of `ids` is stored, from this index once it has read the
+    /// index objects written since its last look (a process server's
+    /// restore for a machine: lookups in its index file instead of reading
+    /// every index object). None when one is not in it (an index being
+    /// rebuilt after a prune; a map, which learns only its own chunks):
+    /// the caller then reads the index objects.
+    pub async fn locations(&self, repo: &Repo, ids: &[ChunkId]) -> Result<Option<HashMap<ChunkId, Location>>> {
+        self.refresh(repo, Duration::ZERO).await?;
+        let g = self.inner.read().await;
+        let mut out = HashMap::with_capacity(ids.len());
+        for batch in ids.chunks(4096) {
+            for (id, l) in batch.iter().zip(g.0.get_each(batch)?) {
+                let Some(l) = l else { return Ok(None) };
+                out.insert(*id, l);
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Reads the index objects written elsewhere since the last look, at
