@@ -8,11 +8,15 @@
 //! bench_prune check DIR N    check (no data read): no problem, N/2 references
 //! bench_prune prune DIR N    prune keeping every point, no pack grace:
 //!                            the odd packs and their entries go
+//! bench_prune index DIR N    bring the chunk index file DIR/index.redb up
+//!                            to the repository (a first load, or after
+//!                            the prune: it drops the deleted packs)
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use hrl_shipper::index::DiskIndex;
 use hrl_shipper::prune::{prune, Policy, PruneOptions};
 use hrl_shipper::repo::manifest::{self, ChunkRef, PointHeader};
 use hrl_shipper::repo::pack::PackEntry;
@@ -169,6 +173,19 @@ fn main() {
                 rep.packs_deleted,
                 rep.packs_kept,
                 rep.index_objects_replaced,
+                t.elapsed().as_secs_f64(),
+                peak_rss_mib()
+            );
+        }
+        "index" => {
+            let (read, rebuilt, chunks) = rt.block_on(async {
+                let repo = open(&dir).await;
+                let idx = DiskIndex::open(&dir.join("index.redb"), &repo.config.repo_id.to_string()).expect("open");
+                let (read, rebuilt) = idx.refresh(&repo).await.expect("refresh");
+                (read, rebuilt, idx.chunks().expect("count"))
+            });
+            println!(
+                "index file: {read} index objects read, rebuilt {rebuilt}, {chunks} chunks: {:.1} s, peak RSS {:.0} MiB",
                 t.elapsed().as_secs_f64(),
                 peak_rss_mib()
             );

@@ -124,7 +124,7 @@ mod names;
 use names::disks_are_chosen_by_host_and_name_and_never_guessed;
 #[path = "conformance/index.rs"]
 mod index;
-use index::index_files_learn_each_others_chunks_and_start_afresh_after_a_prune;
+use index::index_files_learn_each_others_chunks_and_follow_a_prune;
 #[path = "conformance/leases.rs"]
 mod leases;
 use leases::a_stale_lease_holder_with_a_stopped_clock_cannot_publish;
@@ -132,7 +132,7 @@ use leases::a_stale_lease_holder_with_a_stopped_clock_cannot_publish;
 conformance!(
     disks_are_chosen_by_host_and_name_and_never_guessed,
     a_stale_lease_holder_with_a_stopped_clock_cannot_publish,
-    index_files_learn_each_others_chunks_and_start_afresh_after_a_prune,
+    index_files_learn_each_others_chunks_and_follow_a_prune,
     every_point_of_several_disks_restores_identical_to_replay_and_dedup_stores_once,
     a_wrong_key_a_loose_key_file_and_a_newer_repository_are_clear_errors,
     a_flipped_byte_in_a_pack_fails_restore_and_check_naming_the_chunk,

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use hrl_shipper::index::DiskIndex;
 use hrl_shipper::prune::{prune, Policy, PruneOptions};
 use hrl_shipper::repo::{create_key_file, manifest, Repo};
 use hrl_shipper::restore::{restore, PointSel};
@@ -131,6 +132,10 @@ async fn rewrites_what_it_must() {
     let mut o = ShipOptions::new(&spool);
     o.once = true;
     ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    // An index file that holds every entry, point 1's packs' too.
+    let file = DiskIndex::open(&dir.path().join("index.redb"), &repo.config.repo_id.to_string()).unwrap();
+    file.refresh(&repo).await.unwrap();
+    let held = file.chunks().unwrap();
     // A large index object of a pack the repository does not hold: nothing
     // in it to drop (an unlisted pack is never deleted).
     let fake = (
@@ -169,6 +174,20 @@ async fn rewrites_what_it_must() {
     assert!(std::fs::read(&out).unwrap() == img, "point 2 differs after prune");
     let c = hrl_shipper::restore::check(&repo, true).await.unwrap();
     assert!(c.problems.is_empty(), "{:?}", c.problems);
+    // The file drops the entries of the deleted packs without starting
+    // afresh, and then holds exactly what the repository indexes.
+    let (_, rebuilt) = file.refresh(&repo).await.unwrap();
+    let truth = repo.load_index().await.unwrap();
+    assert!(!rebuilt);
+    assert!(held > truth.len() as u64 - 20_000, "the file held point 1's chunks");
+    assert_eq!(
+        file.chunks().unwrap(),
+        truth.len() as u64,
+        "entries of deleted packs stayed"
+    );
+    for (id, loc) in &truth {
+        assert_eq!(file.get(id).unwrap(), Some(*loc));
+    }
 
     // Again: nothing to drop and one small object: nothing is rewritten.
     let rep = prune(&repo, &keep_newest).await.unwrap();

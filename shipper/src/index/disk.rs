@@ -4,8 +4,10 @@
 //! ([`CACHE`]), whatever the repository's size.
 //!
 //! The file is a cache of the repository's index objects, never the truth:
-//! it is rebuilt when missing, damaged, of another repository, or when an
-//! index object it holds is gone (a prune replaced the indexes). Writes are
+//! it is rebuilt when missing, damaged or of another repository. When an
+//! index object it holds is gone (a prune replaced it), it drops the
+//! entries of every pack no listed object names any more (it records
+//! each object's packs), which are the packs the prune deleted. Writes are
 //! committed without fsync (a crash loses at most the newest entries and
 //! their index object names together, which the next refresh reads again).
 
@@ -24,6 +26,10 @@ const CHUNKS: TableDefinition<&[u8; 32], &[u8; 44]> = TableDefinition::new("chun
 const SEEN: TableDefinition<&str, ()> = TableDefinition::new("seen");
 /// `repo_id`: the repository the file indexes.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// Index object name → the distinct packs it lists (32 bytes each), so
+/// a refresh after a prune drops only the entries of packs no listed
+/// object names any more instead of starting afresh.
+const OBJECT_PACKS: TableDefinition<&str, &[u8]> = TableDefinition::new("object_packs");
 
 /// redb's page cache: the index's whole memory.
 pub const CACHE: usize = 64 << 20;
@@ -68,6 +74,14 @@ fn decode(v: &[u8; 44]) -> Location {
     }
 }
 
+/// The distinct packs of `entries`, concatenated.
+fn packs_of(entries: &[(ChunkId, Location)]) -> Vec<u8> {
+    let mut ps: Vec<[u8; 32]> = entries.iter().map(|(_, l)| l.pack).collect();
+    ps.sort_unstable();
+    ps.dedup();
+    ps.concat()
+}
+
 impl DiskIndex {
     /// Opens (or creates) the file for `repo_id`; a file that cannot be
     /// opened or belongs to another repository is started afresh.
@@ -109,12 +123,14 @@ impl DiskIndex {
         let e = |e| err(&self.path, "clear", e);
         tx.delete_table(CHUNKS).map_err(e)?;
         tx.delete_table(SEEN).map_err(e)?;
+        tx.delete_table(OBJECT_PACKS).map_err(e)?;
         if let Some(id) = repo_id {
             let mut m = tx.open_table(META).map_err(e)?;
             m.insert("repo_id", id).map_err(|e| err(&self.path, "clear", e))?;
         }
         tx.open_table(CHUNKS).map_err(e)?;
         tx.open_table(SEEN).map_err(e)?;
+        tx.open_table(OBJECT_PACKS).map_err(e)?;
         tx.commit().map_err(|e| err(&self.path, "commit", e))
     }
 
@@ -151,10 +167,38 @@ impl DiskIndex {
             if let Some(k) = key.filter(|_| (i + 1) * BATCH >= entries.len()) {
                 let mut s = tx.open_table(SEEN).map_err(|e| err(&self.path, "open table", e))?;
                 s.insert(k, ()).map_err(|e| err(&self.path, "insert", e))?;
+                let mut o = tx
+                    .open_table(OBJECT_PACKS)
+                    .map_err(|e| err(&self.path, "open table", e))?;
+                o.insert(k, packs_of(entries).as_slice())
+                    .map_err(|e| err(&self.path, "insert", e))?;
             }
             tx.commit().map_err(|e| err(&self.path, "commit", e))?;
         }
         Ok(())
+    }
+
+    /// Adds entries sorted by id, skipping those already held as they are
+    /// (after a prune most entries of its new objects are): an unchanged
+    /// page is then not copied. Looking up in id order touches each leaf
+    /// once.
+    fn insert_changed(&self, entries: &[(ChunkId, Location)]) -> Result<()> {
+        let mut tx = self.db.begin_write().map_err(|e| err(&self.path, "write", e))?;
+        tx.set_durability(Durability::Immediate);
+        {
+            let mut t = tx.open_table(CHUNKS).map_err(|e| err(&self.path, "open table", e))?;
+            for (id, loc) in entries {
+                let v = encode(loc);
+                let same = t
+                    .get(id)
+                    .map_err(|e| err(&self.path, "read", e))?
+                    .is_some_and(|g| *g.value() == v);
+                if !same {
+                    t.insert(id, &v).map_err(|e| err(&self.path, "insert", e))?;
+                }
+            }
+        }
+        tx.commit().map_err(|e| err(&self.path, "commit", e))
     }
 
     /// Which of `ids` are held (one read transaction).
@@ -194,33 +238,120 @@ impl DiskIndex {
     }
 
     /// Brings the file up to the repository's index objects: reads only
-    /// those not seen yet; when one it holds is gone (a prune replaced the
-    /// indexes), starts afresh. Returns (objects read, rebuilt).
+    /// those not seen yet. When one it holds is gone (a prune replaced
+    /// it), the entries of packs that no listed object names any more are
+    /// dropped (the packs a prune deletes); it starts afresh only when it
+    /// does not know which packs a gone or listed object names (a file
+    /// written before it recorded them). Returns (objects read, rebuilt).
     pub async fn refresh(&self, repo: &Repo) -> Result<(usize, bool)> {
         let listed: Vec<String> = repo.list("index").await?.into_iter().map(|(k, _)| k).collect();
         let seen: std::collections::HashSet<String> = self.seen()?.into_iter().collect();
         let set: std::collections::HashSet<&str> = listed.iter().map(String::as_str).collect();
-        let rebuilt = seen.iter().any(|k| !set.contains(k.as_str()));
+        let gone: Vec<&String> = seen.iter().filter(|k| !set.contains(k.as_str())).collect();
+        let rebuilt = !gone.is_empty() && {
+            let known = self.object_packs()?;
+            seen.iter().any(|k| !known.contains_key(k))
+        };
         if rebuilt {
             self.clear(Some(&repo.config.repo_id.to_string()))?;
         }
         let new: Vec<&String> = listed.iter().filter(|k| rebuilt || !seen.contains(*k)).collect();
-        // Many objects at once (a first start, after a prune): sorted bulk
-        // load; a few (the usual refresh): straight inserts.
+        // Many objects at once (a first start, a prune that replaced
+        // many): sorted bulk load; a few (the usual refresh): straight
+        // inserts.
         if new.len() > BULK_OBJECTS {
             let mut bulk = super::bulk::BulkLoader::new(&self.path)?;
+            let mut packs = Vec::with_capacity(new.len());
             for key in &new {
-                bulk.push(repo.load_index_object(key).await?)?;
+                let entries = repo.load_index_object(key).await?;
+                packs.push(packs_of(&entries));
+                bulk.push(entries)?;
             }
-            bulk.finish(|e| self.insert(None, e))?;
-            self.mark_seen(&new)?;
+            bulk.finish(|e| self.insert_changed(e))?;
+            self.mark_seen(&new, &packs)?;
         } else {
             for key in &new {
                 let entries = repo.load_index_object(key).await?;
                 self.insert(Some(key), &entries)?;
             }
         }
+        if !rebuilt && !gone.is_empty() {
+            self.forget(&gone, &listed)?;
+        }
         Ok((new.len(), rebuilt))
+    }
+
+    /// Every recorded object's packs.
+    fn object_packs(&self) -> Result<std::collections::HashMap<String, Vec<[u8; 32]>>> {
+        let tx = self.db.begin_read().map_err(|e| err(&self.path, "read", e))?;
+        let t = match tx.open_table(OBJECT_PACKS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Default::default()),
+            Err(e) => return Err(err(&self.path, "open table", e)),
+        };
+        let mut m = std::collections::HashMap::new();
+        for r in t.iter().map_err(|e| err(&self.path, "read", e))? {
+            let (k, v) = r.map_err(|e| err(&self.path, "read", e))?;
+            let packs = v.value().chunks_exact(32).filter_map(|c| c.try_into().ok()).collect();
+            m.insert(k.value().to_string(), packs);
+        }
+        Ok(m)
+    }
+
+    /// Drops the objects `gone` and the entries of every pack they named
+    /// that no object of `listed` names (one write transaction: a reader
+    /// sees the entries before or after, never half).
+    fn forget(&self, gone: &[&String], listed: &[String]) -> Result<()> {
+        let known = self.object_packs()?;
+        let live: std::collections::HashSet<[u8; 32]> =
+            listed.iter().filter_map(|k| known.get(k)).flatten().copied().collect();
+        let dead: std::collections::HashSet<[u8; 32]> = gone
+            .iter()
+            .filter_map(|k| known.get(*k))
+            .flatten()
+            .filter(|p| !live.contains(*p))
+            .copied()
+            .collect();
+        // One transaction per first byte of the ids: one over the whole
+        // table would keep every page it copies until it commits (a file
+        // of 50 M entries grew by over 20 GB). A reader may see some
+        // ranges done and others not: a stale entry is then still there,
+        // as before the refresh, and a shipper's publish after a prune
+        // checks its chunks only once this returned.
+        if !dead.is_empty() {
+            for b in 0..=255u8 {
+                let mut lo = [0u8; 32];
+                lo[0] = b;
+                let mut hi = [0u8; 32];
+                hi[0] = b.wrapping_add(1);
+                let mut tx = self.db.begin_write().map_err(|e| err(&self.path, "write", e))?;
+                tx.set_durability(Durability::Immediate);
+                {
+                    let mut c = tx.open_table(CHUNKS).map_err(|e| err(&self.path, "open table", e))?;
+                    let keep = |_: &[u8; 32], v: &[u8; 44]| !dead.contains(&decode(v).pack);
+                    match b {
+                        255 => c.retain_in::<&[u8; 32], _>((&lo).., keep),
+                        _ => c.retain_in::<&[u8; 32], _>((&lo)..(&hi), keep),
+                    }
+                    .map_err(|e| err(&self.path, "forget", e))?;
+                }
+                tx.commit().map_err(|e| err(&self.path, "commit", e))?;
+            }
+        }
+        let mut tx = self.db.begin_write().map_err(|e| err(&self.path, "write", e))?;
+        tx.set_durability(Durability::Immediate);
+        {
+            let e = |e| err(&self.path, "forget", e);
+            let mut s = tx.open_table(SEEN).map_err(e)?;
+            let mut o = tx.open_table(OBJECT_PACKS).map_err(e)?;
+            for k in gone {
+                s.remove(k.as_str()).map_err(|e| err(&self.path, "forget", e))?;
+                o.remove(k.as_str()).map_err(|e| err(&self.path, "forget", e))?;
+            }
+        }
+        tx.commit().map_err(|e| err(&self.path, "commit", e))?;
+        tracing::info!(path = %self.path.display(), objects = gone.len(), packs_dropped = dead.len(), "chunk index: dropped what a prune replaced");
+        Ok(())
     }
 
     /// Fills the file from `entries` (the benchmark's synthetic index).
@@ -230,14 +361,20 @@ impl DiskIndex {
         bulk.finish(|e| self.insert(None, e))
     }
 
-    /// Records index object names as held, once their entries are in.
-    fn mark_seen(&self, keys: &[&String]) -> Result<()> {
+    /// Records index object names (and their packs) as held, once their
+    /// entries are in.
+    fn mark_seen(&self, keys: &[&String], packs: &[Vec<u8>]) -> Result<()> {
         let mut tx = self.db.begin_write().map_err(|e| err(&self.path, "write", e))?;
         tx.set_durability(Durability::Immediate);
         {
             let mut s = tx.open_table(SEEN).map_err(|e| err(&self.path, "open table", e))?;
-            for k in keys {
+            let mut o = tx
+                .open_table(OBJECT_PACKS)
+                .map_err(|e| err(&self.path, "open table", e))?;
+            for (k, p) in keys.iter().zip(packs) {
                 s.insert(k.as_str(), ()).map_err(|e| err(&self.path, "insert", e))?;
+                o.insert(k.as_str(), p.as_slice())
+                    .map_err(|e| err(&self.path, "insert", e))?;
             }
         }
         tx.commit().map_err(|e| err(&self.path, "commit", e))

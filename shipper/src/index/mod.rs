@@ -71,8 +71,8 @@ impl ChunkIndex {
     }
 
     /// Catches up with the repository after a prune or a failure: the map
-    /// is loaded again; the file reads what it has not seen (and starts
-    /// afresh when an index object it holds is gone).
+    /// is loaded again; the file reads what it has not seen and drops the
+    /// entries of the packs a prune deleted.
     pub async fn reload(&mut self, repo: &Repo) -> Result<()> {
         match self {
             ChunkIndex::Memory(m) => *m = repo.load_index().await?,
