@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The chunk index: the local redb file against the in-memory map it
 # replaces, at N synthetic entries (default 50 million; BENCH_INDEX_N);
-# then `check` and `prune` on a synthetic repository of N index entries
-# (BENCH_PRUNE=0 skips them). Each phase is its own process, so each peak
-# RSS is its own. Called by `scripts/bench.sh index`. Needs about 300
+# then `check` and `prune` on a synthetic repository of N index entries,
+# and an index file following the prune (BENCH_PRUNE=0 skips them). Each
+# phase is its own process, so each peak RSS is its own. Called by `scripts/bench.sh index`. Needs about 300
 # bytes per entry of free disk in /var/tmp (and, for the map, about 250
 # bytes per entry of memory: BENCH_INDEX_MEMORY=0 skips it).
 set -euo pipefail
@@ -31,7 +31,10 @@ if [ "${BENCH_PRUNE:-1}" != 0 ]; then
     rm -f "$work/index.redb"
     step "check and prune on a repository of $n index entries (2000 disks referencing half the packs), sorted on disk in TMPDIR"
     "$prune_bin" make "$work/prune" "$n" 2000
+    step "a process server's index file: first load from the index objects; check; prune; the file follows the prune; check"
+    TMPDIR=$work "$prune_bin" index "$work/prune" "$n"
     TMPDIR=$work "$prune_bin" check "$work/prune" "$n"
     TMPDIR=$work "$prune_bin" prune "$work/prune" "$n"
+    TMPDIR=$work "$prune_bin" index "$work/prune" "$n"
     TMPDIR=$work "$prune_bin" check "$work/prune" "$n"
 fi
