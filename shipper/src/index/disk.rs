@@ -280,7 +280,12 @@ impl DiskIndex {
                 packs.push(packs_of(&entries));
                 bulk.push(entries)?;
             }
-            bulk.finish(|e| self.insert_changed(e))?;
+            // Into an empty file plain inserts; else skip what it holds.
+            let fresh = rebuilt || seen.is_empty();
+            bulk.finish(|e| match fresh {
+                true => self.insert(None, e),
+                false => self.insert_changed(e),
+            })?;
             self.mark_seen(&new, &packs)?;
         } else {
             for key in &new {
@@ -397,6 +402,24 @@ impl DiskIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sorted_load_into_a_full_file_keeps_what_is_held_and_changes_what_differs() {
+        let d = tempfile::tempdir().unwrap();
+        let i = DiskIndex::open(&d.path().join("i.redb"), "r1").unwrap();
+        let loc = |n: u8| Location {
+            pack: [n; 32],
+            offset: n as u64,
+            len: 100,
+        };
+        i.insert(Some("index/a"), &[([1; 32], loc(1)), ([2; 32], loc(2))])
+            .unwrap();
+        i.insert_changed(&[([1; 32], loc(1)), ([2; 32], loc(9)), ([3; 32], loc(3))])
+            .unwrap();
+        assert_eq!(i.chunks().unwrap(), 3);
+        let got = i.get_each(&[[1; 32], [2; 32], [3; 32], [4; 32]]).unwrap();
+        assert_eq!(got, vec![Some(loc(1)), Some(loc(9)), Some(loc(3)), None]);
+    }
 
     #[test]
     fn entries_survive_reopening_and_another_repository_starts_afresh() {
