@@ -35,13 +35,9 @@ fn pack(p: u64) -> [u8; 32] {
     id(p + (1 << 60))
 }
 
-fn peak_rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
+#[path = "common/rss.rs"]
+mod rss;
+use rss::peak_rss_mib;
 
 fn arg(n: usize) -> String {
     std::env::args().nth(n).unwrap_or_else(|| {

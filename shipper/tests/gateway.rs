@@ -224,17 +224,21 @@ fn machines_forward_through_the_gateway_and_every_point_restores() {
             .output()
             .unwrap()
     };
-    let o = cli(&[
-        "restore",
-        "--identity",
-        idf.to_str().unwrap(),
-        "--disk",
-        "data",
-        "--point",
-        "4",
-        "--to",
-        via.to_str().unwrap(),
-    ]);
+    // The machine's own restore of point P through the gateway.
+    let restore_via = |point: &str, to: &Path| {
+        cli(&[
+            "restore",
+            "--identity",
+            idf.to_str().unwrap(),
+            "--disk",
+            "data",
+            "--point",
+            point,
+            "--to",
+            to.to_str().unwrap(),
+        ])
+    };
+    let o = restore_via("4", &via);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let want = work.path().join("want4");
     hrl_format::replay(arch, Some(*disk), Some(4), &want).unwrap();
@@ -283,17 +287,7 @@ fn machines_forward_through_the_gateway_and_every_point_restores() {
     ));
     assert!(direct.is_err(), "a restore read damaged index objects");
     let via5 = work.path().join("via5.img");
-    let o = cli(&[
-        "restore",
-        "--identity",
-        idf.to_str().unwrap(),
-        "--disk",
-        "data",
-        "--point",
-        "5",
-        "--to",
-        via5.to_str().unwrap(),
-    ]);
+    let o = restore_via("5", &via5);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let want5 = work.path().join("want5");
     hrl_format::replay(arch, Some(*disk), Some(5), &want5).unwrap();

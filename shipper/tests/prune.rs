@@ -14,6 +14,18 @@ use hrl_shipper::ship::{ship, ShipOptions};
 use hrl_testkit::spool::{SpoolWriter, CHUNK};
 use uuid::Uuid;
 
+/// A new repository in `dir`, with `spool` shipped into it once.
+async fn ship_into_new_repo(dir: &std::path::Path, spool: &std::path::Path) -> (Repo, ShipOptions) {
+    let url = format!("file://{}", dir.join("repo").display());
+    let key = dir.join("key");
+    create_key_file(&key).unwrap();
+    let repo = Repo::init(&url, &key, CHUNK, 256 << 10, 4).await.unwrap();
+    let mut o = ShipOptions::new(spool);
+    o.once = true;
+    ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    (repo, o)
+}
+
 fn prune_keeps_the_index_entries_of_packs_it_keeps_for_their_grace() {
     hrl_testkit::block_on(journaled_window_survives_prune());
 }
@@ -32,13 +44,7 @@ async fn journaled_window_survives_prune() {
         w.random(c);
     }
     w.close();
-    let url = format!("file://{}", dir.path().join("repo").display());
-    let key = dir.path().join("key");
-    create_key_file(&key).unwrap();
-    let repo = Repo::init(&url, &key, CHUNK, 256 << 10, 4).await.unwrap();
-    let mut o = ShipOptions::new(&spool);
-    o.once = true;
-    ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    let (repo, o) = ship_into_new_repo(dir.path(), &spool).await;
     let (_, map) = manifest::full_map(&repo, &disk, 1).await.unwrap();
     let used: HashSet<_> = map
         .values()
@@ -125,13 +131,7 @@ async fn rewrites_what_it_must() {
     w.image(&img);
     w.tag(2, false);
     w.close();
-    let url = format!("file://{}", dir.path().join("repo").display());
-    let key = dir.path().join("key");
-    create_key_file(&key).unwrap();
-    let repo = Repo::init(&url, &key, CHUNK, 256 << 10, 4).await.unwrap();
-    let mut o = ShipOptions::new(&spool);
-    o.once = true;
-    ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    let (repo, _) = ship_into_new_repo(dir.path(), &spool).await;
     // An index file that holds every entry, point 1's packs' too.
     let file = DiskIndex::open(&dir.path().join("index.redb"), &repo.config.repo_id.to_string()).unwrap();
     file.refresh(&repo).await.unwrap();

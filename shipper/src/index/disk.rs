@@ -228,11 +228,7 @@ impl DiskIndex {
     }
 
     pub fn get(&self, id: &ChunkId) -> Result<Option<Location>> {
-        let tx = self.db.begin_read().map_err(|e| err(&self.path, "read", e))?;
-        let t = tx.open_table(CHUNKS).map_err(|e| err(&self.path, "open table", e))?;
-        Ok(t.get(id)
-            .map_err(|e| err(&self.path, "read", e))?
-            .map(|g| decode(g.value())))
+        Ok(self.get_each(std::slice::from_ref(id))?.pop().flatten())
     }
 
     pub fn chunks(&self) -> Result<u64> {

@@ -167,16 +167,12 @@ async fn index_for(
     todo: &[u64],
 ) -> Result<std::collections::HashMap<crate::repo::crypto::ChunkId, crate::repo::Location>> {
     let mut ids = std::collections::HashSet::new();
-    let stored = |m: BTreeMap<u64, ChunkRef>| {
-        m.into_values().filter_map(|r| match r {
-            ChunkRef::Stored(id) => Some(id),
-            ChunkRef::Zero => None,
-        })
-    };
     if let Some((&first, rest)) = todo.split_first() {
-        ids.extend(stored(manifest::full_map(repo, disk, first).await?.1));
+        ids.extend(crate::restore::stored_ids(
+            &manifest::full_map(repo, disk, first).await?.1,
+        ));
         for &p in rest {
-            ids.extend(stored(manifest::load(repo, disk, p).await?.1));
+            ids.extend(crate::restore::stored_ids(&manifest::load(repo, disk, p).await?.1));
         }
     }
     repo.load_index_where(|id| ids.contains(id)).await
