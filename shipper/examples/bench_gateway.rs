@@ -12,7 +12,7 @@
 //! BENCH_BIG_MB (25), BENCH_SHARED (0.3), BENCH_GATEWAYS (1: with more,
 //! run 1 uses that many process servers on the one repository, each
 //! machine enrolled on one of them in turn and forwarding to all; the
-//! chunks they stored twice are counted).
+//! chunks they stored twice are counted), BENCH_DIRECT (1; 0 skips run 2).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -150,6 +150,9 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 struct Run {
     secs: f64,
     rpo: Vec<f64>,
+    /// Every point's RPO with its machine and sequence (the slowest are
+    /// printed: where the tail comes from).
+    points: Vec<(f64, String, u64)>,
     side_cpu: f64,
     gw: Option<(f64, u64)>,
     stored: u64,
@@ -179,6 +182,7 @@ fn run(
     }
     let tags: Vec<Vec<(u64, u64)>> = writers.into_iter().map(|h| h.join().unwrap()).collect();
     let mut rpo = Vec::new();
+    let mut points = Vec::new();
     for (l, t) in loads.iter().zip(&tags) {
         let last = t.last().map(|x| x.0).unwrap_or(0);
         let deadline = Instant::now() + Duration::from_secs(900);
@@ -192,7 +196,9 @@ fn run(
         }
         for &(seq, tag_ns) in t {
             if let Ok((h, _)) = rt.block_on(manifest::load(repo, &l.disk, seq)) {
-                rpo.push(h.published_ns.saturating_sub(tag_ns) as f64 / 1e9);
+                let r = h.published_ns.saturating_sub(tag_ns) as f64 / 1e9;
+                rpo.push(r);
+                points.push((r, l.host.clone(), seq));
             }
         }
     }
@@ -202,6 +208,7 @@ fn run(
     Run {
         secs: elapsed,
         rpo,
+        points,
         side_cpu,
         gw: None,
         stored,
@@ -263,8 +270,10 @@ fn main() {
         gateways: env_or("BENCH_GATEWAYS", 1),
     };
     let mut r1 = via_gateway(&ctx);
-    let mut r2 = direct(&ctx);
-    report(&mut r1, &mut r2, offered);
+    // BENCH_DIRECT=0 skips run 2 (to try a change to the gateway path
+    // quickly; the ratios need it).
+    let mut r2 = (env_or("BENCH_DIRECT", 1) != 0).then(|| direct(&ctx));
+    report(&mut r1, r2.as_mut(), offered);
 }
 
 /// What both runs share.
@@ -418,10 +427,14 @@ fn direct(c: &Ctx) -> Run {
     run(rt, &repo2, loads, &work.join("direct"), c.secs, c.shared, &ship)
 }
 
-fn report(r1: &mut Run, r2: &mut Run, offered: f64) {
+fn report(r1: &mut Run, mut r2: Option<&mut Run>, offered: f64) {
     let gb = offered / 1e9;
     let (gcpu, grss) = r1.gw.unwrap_or((0.0, 0));
-    for (name, r) in [("via gateway", &mut *r1), ("direct run --repo", &mut *r2)] {
+    let mut runs = vec![("via gateway", &mut *r1)];
+    if let Some(r2) = r2.as_deref_mut() {
+        runs.push(("direct run --repo", r2));
+    }
+    for (name, r) in runs {
         let (p50, p99) = (pct(&mut r.rpo, 0.5), pct(&mut r.rpo, 0.99));
         println!(
             "{name:<18} {:>7.1} MB/s ingest   RPO p50 {p50:>5.2} s p99 {p99:>6.2} s ({} points)   machines' side CPU {:>6.1} s = {:.2} s/GB   stored/offered {:.2}",
@@ -430,6 +443,24 @@ fn report(r1: &mut Run, r2: &mut Run, offered: f64) {
             r.side_cpu,
             r.side_cpu / gb,
             r.stored as f64 / offered
+        );
+        r.points.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let slow: Vec<String> = r
+            .points
+            .iter()
+            .take(8)
+            .map(|(s, h, q)| format!("{h}#{q} {s:.1}s"))
+            .collect();
+        let big = r.points.iter().filter(|p| p.1 == "big").count();
+        let big_slow = r
+            .points
+            .iter()
+            .take(r.points.len() / 100)
+            .filter(|p| p.1 == "big")
+            .count();
+        println!(
+            "  slowest: {} (the 25 MB/s machine holds {big_slow} of the slowest 1%, {big} points in all)",
+            slow.join(", ")
         );
     }
     println!(
@@ -443,9 +474,11 @@ fn report(r1: &mut Run, r2: &mut Run, offered: f64) {
             dup as f64 * 100.0 / all.max(1) as f64
         );
     }
-    println!(
-        "ratios: gateway/direct throughput {:.2}; machines' CPU per GB gateway/direct {:.2}",
-        r2.secs / r1.secs,
-        r1.side_cpu / r2.side_cpu.max(1e-9)
-    );
+    if let Some(r2) = r2 {
+        println!(
+            "ratios: gateway/direct throughput {:.2}; machines' CPU per GB gateway/direct {:.2}",
+            r2.secs / r1.secs,
+            r1.side_cpu / r2.side_cpu.max(1e-9)
+        );
+    }
 }
