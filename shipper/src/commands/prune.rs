@@ -26,7 +26,8 @@ pub struct Args {
     /// Say what would go; change nothing (takes no lock).
     #[arg(long)]
     dry_run: bool,
-    /// Wait after taking the lock so shippers mid-publish finish.
+    /// Wait after taking the lock so shippers mid-publish finish (at
+    /// least 2 s, whatever is given).
     #[arg(long, default_value = "30s")]
     grace: HumanDuration,
     /// Never delete packs younger than this (unpublished windows of

@@ -90,6 +90,10 @@ pub struct Repo {
     local_root: Option<PathBuf>,
     pub config: RepoConfig,
     pub keys: Keys,
+    /// The prune lock and mark as this process last read them, shared by
+    /// its clones (every ship loop of a process server): see
+    /// [`super::lock::state`].
+    pub(crate) prune_view: Arc<super::prune_view::PruneView>,
 }
 
 /// Splits `az://container/prefix`.
@@ -294,6 +298,7 @@ impl Repo {
             local_root,
             config: config.clone(),
             keys,
+            prune_view: Default::default(),
         };
         let exists = || ShipError::RepositoryExists { url: url.into() };
         if !repo
@@ -388,11 +393,10 @@ impl Repo {
             };
             let mut aad = config.repo_id.as_bytes().to_vec();
             aad.extend_from_slice(w.id.as_bytes());
-            if let Ok(m) = open(&cipher, &aad, &sealed) {
-                if let Ok(m) = <[u8; 32]>::try_from(m.as_slice()) {
-                    master = Some(m);
-                    break;
-                }
+            let m = open(&cipher, &aad, &sealed).ok();
+            if let Some(m) = m.and_then(|m| <[u8; 32]>::try_from(m.as_slice()).ok()) {
+                master = Some(m);
+                break;
             }
         }
         let Some(master) = master else {
@@ -416,6 +420,7 @@ impl Repo {
             local_root,
             config,
             keys,
+            prune_view: Default::default(),
         })
     }
 

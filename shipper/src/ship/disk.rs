@@ -61,6 +61,12 @@ pub(super) struct DiskShipper {
     /// (newest point published, points since the last checkpoint
     /// including it), so a publish need not read manifests to know.
     pub(super) since_cp: Option<(u64, u64)>,
+    /// The checkpoint this process published last and every chunk the
+    /// deltas published after it set: the next checkpoint is that one
+    /// manifest plus these. Walking the chain read every manifest since,
+    /// one after another, and with every machine of a fleet at its
+    /// checkpoint in the same second the store fell seconds behind.
+    pub(super) since_cp_map: Option<(u64, BTreeMap<u64, ChunkRef>)>,
     /// The disk's lease while this shipper holds it (`ship/lease.rs`).
     pub(super) lease: Option<crate::repo::lease::Lease>,
     /// What was seen of another holder's lease while waiting for it.
@@ -109,6 +115,7 @@ impl DiskShipper {
             label: None,
             window_log: Vec::new(),
             since_cp: None,
+            since_cp_map: None,
             lease: None,
             watch: Default::default(),
             next_claim: None,
@@ -362,6 +369,7 @@ impl DiskShipper {
         self.window = j.map;
         self.window_log.clear();
         self.since_cp = None;
+        self.since_cp_map = None;
         self.window_data = j.data_bytes;
         self.window_new = j.new_bytes;
         self.pending.clear();

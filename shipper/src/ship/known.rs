@@ -155,11 +155,12 @@ impl Known {
         self.shared.refresh(repo, Duration::ZERO).await
     }
 
-    /// Whether a prune finished since this loop last checked: one HEAD,
-    /// where listing every index object at every point cost the store a
-    /// listing that grows with the repository.
-    pub(super) async fn changed(&self, repo: &Repo) -> Result<bool> {
-        Ok(lock::pruned_version(repo).await? != self.seen)
+    /// Whether a prune finished since this loop last checked, given the
+    /// mark's `version` just read: one HEAD, where listing every index
+    /// object at every point cost the store a listing that grows with the
+    /// repository.
+    pub(super) fn changed_from(&self, version: &Option<String>) -> bool {
+        *version != self.seen
     }
 
     /// Loads the index again unless another loop on the same shared index

@@ -4,6 +4,8 @@
 //! every pack and index it needs is durable; the cursor moves only after
 //! the manifest.
 
+use std::collections::BTreeMap;
+
 use hrl_format::Tag;
 
 use super::disk::{DiskShipper, Publish};
@@ -13,7 +15,27 @@ use super::status::ShipReport;
 use crate::error::{Result, ShipError};
 use crate::repo::crypto::ChunkId;
 use crate::repo::manifest::{self, ChunkRef, GroupRef, PointHeader};
-use crate::repo::Repo;
+use crate::repo::{lock, Repo};
+
+/// What [`DiskShipper::publish_checks`] read.
+struct Checks {
+    /// The prune lock's age, when one is held.
+    lock: Option<std::time::Duration>,
+    /// The version of prune's mark.
+    pruned: Option<String>,
+    /// The lease generation the manifest is published under.
+    lease: u64,
+}
+
+/// Whether a point goes on to its manifest after a prune.
+enum AfterPrune {
+    /// No prune ran: the checks read stand.
+    Clear,
+    /// A prune held the lock and this point still has all its chunks.
+    Waited,
+    /// Prune took chunks of the point: it is shipped again from the cursor.
+    Reshipped,
+}
 
 impl DiskShipper {
     /// Publishes the point `p.tag` closes.
@@ -23,17 +45,33 @@ impl DiskShipper {
         self.flush_pack(repo, opts, report).await?;
         self.wait_uploads().await?;
         crash_point!("ship-packs-written");
-        if !self.unindexed.is_empty() {
-            let key = repo.write_index(&self.unindexed).await?;
+        // The checks the manifest waits for are read while the index is
+        // written: under a busy store each is a queued round trip, and one
+        // after another they made a point's publish longer than the second
+        // between a fast machine's points (its RPO then grew without end).
+        let index = async {
+            match self.unindexed.is_empty() {
+                true => Ok(None),
+                false => repo.write_index(&self.unindexed).await.map(Some),
+            }
+        };
+        let (index, checks) = tokio::join!(index, self.publish_checks(repo));
+        if let Some(key) = index? {
             crash_point!("ship-index-written");
             self.unindexed.clear();
             known.add(&key, self.pending.drain()).await?;
         }
-        if !self.complete_after_prune(repo, known, opts, report, tag.seq).await? {
-            return Ok(());
+        let mut checks = checks?;
+        match self
+            .complete_after_prune(repo, known, &checks, (opts, report), tag.seq)
+            .await?
+        {
+            AfterPrune::Reshipped => return Ok(()),
+            // Time passed: the fence and lease are read again.
+            AfterPrune::Waited => checks = self.publish_checks(repo).await?,
+            AfterPrune::Clear => {}
         }
-        crate::repo::fence::check_fence(repo, &self.disk).await?;
-        let lease = self.check_lease(repo).await?;
+        let lease = checks.lease;
         // 3. manifest (once: a re-shipped point after a crash is not written again).
         let group = self.group_ref(tag);
         let key = manifest::point_key(&self.disk, tag.seq);
@@ -61,25 +99,54 @@ impl DiskShipper {
         crate::ship::journal::remove(&opts.spool, &self.disk)
     }
 
+    /// What the manifest waits for, read at once: the prune lock and mark
+    /// (as this process read them at most half a second ago, see
+    /// [`lock::state`]), the disk's failover fence and this shipper's
+    /// lease.
+    async fn publish_checks(&self, repo: &Repo) -> Result<Checks> {
+        let fence = crate::repo::fence::check_fence(repo, &self.disk);
+        let (prune, fence, lease) = tokio::join!(lock::state(repo), fence, self.check_lease(repo));
+        fence?;
+        let prune = prune?;
+        Ok(Checks {
+            lock: prune.lock_age(),
+            pruned: prune.pruned,
+            lease: lease?,
+        })
+    }
+
     /// Prune: waits while it runs; if it replaced index objects, checks
     /// that every chunk this point uses still exists, else ships the point
-    /// again from the cursor (the spool still holds it): false then.
+    /// again from the cursor (the spool still holds it).
     async fn complete_after_prune(
         &mut self,
         repo: &Repo,
         known: &mut Known,
-        opts: &ShipOptions,
-        report: &mut ShipReport,
+        checks: &Checks,
+        (opts, report): (&ShipOptions, &mut ShipReport),
         seq: u64,
-    ) -> Result<bool> {
-        let waited = self.wait_for_prune(repo).await?;
-        if !waited && !known.changed(repo).await? {
-            return Ok(true);
+    ) -> Result<AfterPrune> {
+        // A lock seen held: the mark read with it may be older than the
+        // prune's end, so the index is checked again once the lock is gone
+        // (whether or not it is still there now).
+        let waited = match checks.lock {
+            Some(age) if age > lock::STALE_LOCK => {
+                tracing::warn!(age_s = age.as_secs(), "ignoring a stale prune lock");
+                false
+            }
+            Some(_) => {
+                self.wait_for_prune(repo).await?;
+                true
+            }
+            None => false,
+        };
+        if !waited && !known.changed_from(&checks.pruned) {
+            return Ok(AfterPrune::Clear);
         }
         known.reload(repo).await?;
         let n = missing(&self.window, known).await?;
         if n == 0 {
-            return Ok(true);
+            return Ok(if waited { AfterPrune::Waited } else { AfterPrune::Clear });
         }
         tracing::warn!(disk = %self.disk, point = seq, missing = n, "prune removed chunks this point uses: shipping it again from the cursor");
         self.reset(&opts.spool)?;
@@ -95,7 +162,7 @@ impl DiskShipper {
                 ),
             });
         }
-        Ok(false)
+        Ok(AfterPrune::Reshipped)
     }
 
     /// The group point the tag belongs to, from the Group record before it.
@@ -150,6 +217,24 @@ impl DiskShipper {
         }
     }
 
+    /// The full map of point `base`, the one this shipper published last:
+    /// its last checkpoint and the deltas since when it published them
+    /// all, else walking the chain in the store.
+    async fn full_map_at(&self, repo: &Repo, base: u64, chunks: u64) -> Result<BTreeMap<u64, ChunkRef>> {
+        if let (Some((cp, deltas)), Some((last, _))) = (&self.since_cp_map, self.since_cp) {
+            // A prune may have removed that checkpoint since (it rewrote a
+            // later point as one): then the chain in the store is walked.
+            if let Ok((h, mut full)) = manifest::load(repo, &self.disk, *cp).await {
+                if last == base && h.checkpoint {
+                    full.extend(deltas.iter().map(|(k, v)| (*k, *v)));
+                    full.retain(|idx, _| *idx < chunks);
+                    return Ok(full);
+                }
+            }
+        }
+        Ok(manifest::full_map(repo, &self.disk, base).await?.1)
+    }
+
     /// Writes the point's manifest: a delta on the previous point, or a
     /// full checkpoint every `checkpoint_every` points.
     async fn write_manifest(
@@ -166,7 +251,7 @@ impl DiskShipper {
         let chunks = header.device_size.div_ceil(header.chunk_size as u64);
         let map = match (checkpoint, base) {
             (true, Some(b)) => {
-                let (_, mut full) = manifest::full_map(repo, &self.disk, b).await?;
+                let mut full = self.full_map_at(repo, b, chunks).await?;
                 full.extend(std::mem::take(&mut self.window));
                 full
             }
@@ -209,12 +294,20 @@ impl DiskShipper {
         crash_point!("ship-manifest-written");
         self.since_cp = Some((tag.seq, if checkpoint { 1 } else { since_cp.saturating_add(1) }));
         if !written {
+            // Another holder's manifest: its chain is read when needed.
+            self.since_cp_map = None;
             report.points_already_published += 1;
             return Ok(());
         }
+        let entries = map.len();
+        match (checkpoint, &mut self.since_cp_map) {
+            (true, m) => *m = Some((tag.seq, BTreeMap::new())),
+            (false, Some((_, deltas))) => deltas.extend(map),
+            (false, None) => {}
+        }
         report.points_published += 1;
         report.published.push((self.disk, tag.seq));
-        tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = map.len(), new_bytes = self.window_new, "published");
+        tracing::info!(disk = %self.disk, point = tag.seq, checkpoint, chunks = entries, new_bytes = self.window_new, "published");
         Ok(())
     }
 }
