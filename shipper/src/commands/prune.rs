@@ -26,8 +26,7 @@ pub struct Args {
     /// Say what would go; change nothing (takes no lock).
     #[arg(long)]
     dry_run: bool,
-    /// Wait after taking the lock so shippers mid-publish finish (at
-    /// least 2 s, whatever is given).
+    /// Wait after taking the lock so shippers mid-publish finish.
     #[arg(long, default_value = "30s")]
     grace: HumanDuration,
     /// Never delete packs younger than this (unpublished windows of

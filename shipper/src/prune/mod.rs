@@ -5,8 +5,6 @@
 //! take locks/prune (conditional create; a second prune is refused)
 //! wait `grace`        a shipper that checked for the lock just before it
 //!                     was taken finishes its manifest; later ones wait
-//!                     (at least 2 s: a process reads the lock for all
-//!                     its ship loops at most every half second)
 //! plan                per disk: which points the policy keeps
 //! rewrite             a kept point whose delta chain runs through a removed
 //!                     point is rewritten as a checkpoint (full map)
@@ -158,8 +156,8 @@ async fn prune_locked(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    if !opts.dry_run {
-        tokio::time::sleep(opts.grace.max(lock::MIN_GRACE)).await;
+    if !opts.dry_run && !opts.grace.is_zero() {
+        tokio::time::sleep(opts.grace).await;
     }
     let now = hrl_format::now_ns();
     rep.reference_ns = now;

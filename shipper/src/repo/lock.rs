@@ -2,9 +2,8 @@
 //! create; shippers wait while a live prune holds it, so a point is never
 //! published against packs a prune is deleting.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::prune_view::PruneState;
 use super::repository::Repo;
 use crate::error::{Result, ShipError};
 
@@ -19,42 +18,6 @@ pub const PRUNED: &str = "locks/pruned";
 /// A lock older than this was left by a prune that died: shippers stop
 /// waiting for it and a new prune takes it over.
 pub const STALE_LOCK: Duration = Duration::from_secs(6 * 3600);
-
-/// How long one read of the lock and the mark serves every ship loop of a
-/// process: a process server's loops each read both before every point
-/// (two of the seven requests a point cost the store).
-pub const VIEW_FRESH: Duration = Duration::from_millis(500);
-
-/// Prune waits at least this long after taking the lock, whatever its
-/// `grace`: a shipper may have seen the lock absent up to [`VIEW_FRESH`]
-/// before it publishes, and its manifest must be listed by the prune.
-pub const MIN_GRACE: Duration = Duration::from_secs(2);
-
-/// The prune lock and then the mark (in that order: a mark read after the
-/// lock was seen absent is at least as new as that look), as read at most
-/// [`VIEW_FRESH`] ago by this process. Safe because prune waits at least
-/// [`MIN_GRACE`] after taking the lock before it reads any manifest.
-pub async fn state(repo: &Repo) -> Result<PruneState> {
-    let mut g = repo.prune_view.0.lock().await;
-    if let Some((at, s)) = g.as_ref().filter(|(at, _)| at.elapsed() < VIEW_FRESH) {
-        tracing::trace!(
-            age_ms = at.elapsed().as_millis() as u64,
-            "prune state read by another loop"
-        );
-        return Ok(s.clone());
-    }
-    let at = Instant::now();
-    let lock_ns = match repo.exists(LOCK).await? {
-        false => None,
-        true => Some(lock_time(&repo.get(LOCK).await?)),
-    };
-    let s = PruneState {
-        lock_ns,
-        pruned: pruned_version(repo).await?,
-    };
-    *g = Some((at, s.clone()));
-    Ok(s)
-}
 
 /// Takes the prune lock (conditional create). A stale lock is replaced.
 pub async fn take(repo: &Repo) -> Result<()> {
@@ -82,16 +45,12 @@ pub async fn lock_age(repo: &Repo) -> Result<Option<Duration>> {
     if !repo.exists(LOCK).await? {
         return Ok(None);
     }
-    let t = lock_time(&repo.get(LOCK).await?);
-    Ok(Some(Duration::from_nanos(hrl_format::now_ns().saturating_sub(t))))
-}
-
-/// When the lock in `body` was taken (0, so stale, if unreadable).
-fn lock_time(body: &[u8]) -> u64 {
-    serde_json::from_slice::<serde_json::Value>(body)
+    let b = repo.get(LOCK).await?;
+    let t = serde_json::from_slice::<serde_json::Value>(&b)
         .ok()
         .and_then(|v| v.get("time_ns")?.as_u64())
-        .unwrap_or(0)
+        .unwrap_or(0);
+    Ok(Some(Duration::from_nanos(hrl_format::now_ns().saturating_sub(t))))
 }
 
 /// Records that a prune replaced index objects (see [`PRUNED`]).

@@ -20,7 +20,6 @@ pub mod lease;
 pub mod lock;
 pub mod manifest;
 pub mod pack;
-pub mod prune_view;
 pub mod repository;
 
 pub use pack::{pack_key, Location};

@@ -90,10 +90,6 @@ pub struct Repo {
     local_root: Option<PathBuf>,
     pub config: RepoConfig,
     pub keys: Keys,
-    /// The prune lock and mark as this process last read them, shared by
-    /// its clones (every ship loop of a process server): see
-    /// [`super::lock::state`].
-    pub(crate) prune_view: Arc<super::prune_view::PruneView>,
 }
 
 /// Splits `az://container/prefix`.
@@ -298,7 +294,6 @@ impl Repo {
             local_root,
             config: config.clone(),
             keys,
-            prune_view: Default::default(),
         };
         let exists = || ShipError::RepositoryExists { url: url.into() };
         if !repo
@@ -420,7 +415,6 @@ impl Repo {
             local_root,
             config,
             keys,
-            prune_view: Default::default(),
         })
     }
 

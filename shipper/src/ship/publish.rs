@@ -99,18 +99,22 @@ impl DiskShipper {
         crate::ship::journal::remove(&opts.spool, &self.disk)
     }
 
-    /// What the manifest waits for, read at once: the prune lock and mark
-    /// (as this process read them at most half a second ago, see
-    /// [`lock::state`]), the disk's failover fence and this shipper's
-    /// lease.
+    /// What the manifest waits for, read at once: the prune lock and then
+    /// prune's mark (in that order: a mark read after the lock was seen
+    /// absent is at least as new as that look), the disk's failover fence
+    /// and this shipper's lease.
     async fn publish_checks(&self, repo: &Repo) -> Result<Checks> {
+        let prune = async {
+            let lock = lock::lock_age(repo).await?;
+            Ok::<_, ShipError>((lock, lock::pruned_version(repo).await?))
+        };
         let fence = crate::repo::fence::check_fence(repo, &self.disk);
-        let (prune, fence, lease) = tokio::join!(lock::state(repo), fence, self.check_lease(repo));
+        let (prune, fence, lease) = tokio::join!(prune, fence, self.check_lease(repo));
         fence?;
-        let prune = prune?;
+        let (lock, pruned) = prune?;
         Ok(Checks {
-            lock: prune.lock_age(),
-            pruned: prune.pruned,
+            lock,
+            pruned,
             lease: lease?,
         })
     }
