@@ -330,7 +330,6 @@ async fn send(
     st: &mut DiskForward,
     report: &mut ForwardReport,
 ) -> Result<bool> {
-    use std::os::unix::fs::FileExt;
     let stream = match st.stream.take() {
         Some((s, stream)) if s == seq && stream.position() == offset => stream,
         _ => stream_at(path, offset)?,
@@ -338,8 +337,7 @@ async fn send(
     let f = std::fs::File::open(path).map_err(|e| ShipError::io(path, "open", e))?;
     let len = f.metadata().map_err(|e| ShipError::io(path, "stat", e))?.len();
     let want = (len.saturating_sub(offset) as usize).min(crate::gateway::server::MAX_BODY - 1024);
-    let mut buf = vec![0u8; want.min(RANGE.max(first_record_len(&f, offset, want)))];
-    f.read_exact_at(&mut buf, offset)
+    let mut buf = read_range(&f, offset, want.min(RANGE.max(first_record_len(&f, offset, want))))
         .map_err(|e| ShipError::io(path, "read", e))?;
     let mut next = stream.clone();
     let n = next.take_whole(&buf)?;
@@ -376,6 +374,20 @@ async fn send(
         }
         Err(a) => Err(refused(c, disk, a)),
     }
+}
+
+/// `len` bytes of `f` from `offset`, read into fresh memory without
+/// zeroing it first (a forwarder reads every byte it sends once).
+fn read_range(f: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek};
+    let mut buf = Vec::with_capacity(len);
+    let mut r = f;
+    r.seek(std::io::SeekFrom::Start(offset))?;
+    r.take(len as u64).read_to_end(&mut buf)?;
+    if buf.len() < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(buf)
 }
 
 /// Bytes from `offset` to the end of the record that starts there (so one
