@@ -241,6 +241,13 @@ impl Lease {
         self.fence(repo).await
     }
 
+    /// The lease is still valid by this shipper's clock (no request): the
+    /// last look before a manifest whose checks were read while its index
+    /// object was written.
+    pub fn check_clock(&self) -> Result<()> {
+        self.still_valid(self.opts.clock.now())
+    }
+
     /// Gives the lease up (a clean stop), unless it was already taken over.
     pub async fn release(&self, repo: &Repo) -> Result<()> {
         self.fence(repo).await?;

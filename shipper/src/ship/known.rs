@@ -34,6 +34,11 @@ pub struct SharedIndex {
 /// be stored twice (counted by `check`), never wrongly.
 pub const REFRESH: Duration = Duration::from_secs(60);
 
+/// A periodic refresh is spaced at least this many times its own
+/// duration from the next (a shipper spends at most a twentieth of its
+/// time reading other shippers' index objects).
+const REFRESH_SPACING: u32 = 20;
+
 impl SharedIndex {
     /// Loads the repository's index, into memory or the file `file`.
     pub async fn load(repo: &Repo, file: Option<&Path>) -> Result<Arc<Self>> {
@@ -81,12 +86,13 @@ impl SharedIndex {
     /// Reads the index objects written elsewhere unless that was done
     /// within `gap`.
     async fn refresh(&self, repo: &Repo, gap: Duration) -> Result<()> {
+        let start = Instant::now();
         {
             let mut t = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
             if t.elapsed() < gap {
                 return Ok(());
             }
-            *t = Instant::now();
+            *t = start;
         }
         // Under the read lock: lookups go on while the repository is
         // listed and new index objects are read (a reload after a prune
@@ -95,6 +101,14 @@ impl SharedIndex {
         if n > 0 {
             tracing::debug!(index_objects = n, "chunk index: read index objects written elsewhere");
         }
+        // The next periodic look waits at least REFRESH_SPACING times as
+        // long as this one took: with many shippers on one busy store each
+        // reading everyone's objects every minute, the reads were the
+        // store's whole load and every loop waited on its own.
+        let took = start.elapsed();
+        let next = (start + took * REFRESH_SPACING).checked_sub(REFRESH);
+        let mut t = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
+        *t = next.map_or(start, |n| n.max(start));
         Ok(())
     }
 }

@@ -72,6 +72,9 @@ impl DiskShipper {
             AfterPrune::Clear => {}
         }
         let lease = checks.lease;
+        if let Some(l) = &self.lease {
+            l.check_clock()?;
+        }
         // 3. manifest (once: a re-shipped point after a crash is not written again).
         let group = self.group_ref(tag);
         let key = manifest::point_key(&self.disk, tag.seq);
