@@ -466,7 +466,7 @@ fn report(r1: &mut Run, mut r2: Option<&mut Run>, offered: f64) {
             .filter(|p| p.1 == "big")
             .count();
         println!(
-            "  slowest: {} (the 25 MB/s machine holds {big_slow} of the slowest 1%, {big} points in all)",
+            "  slowest: {} (the big machine holds {big_slow} of the slowest 1%, {big} points in all)",
             slow.join(", ")
         );
     }
