@@ -12,7 +12,8 @@
 //! BENCH_BIG_MB (25), BENCH_SHARED (0.3), BENCH_GATEWAYS (1: with more,
 //! run 1 uses that many process servers on the one repository, each
 //! machine enrolled on one of them in turn and forwarding to all; the
-//! chunks they stored twice are counted), BENCH_DIRECT (1; 0 skips run 2).
+//! chunks they stored twice are counted), BENCH_DIRECT (1; 0 skips run 2),
+//! BENCH_LOGS (a folder for the local shippers' logs; none by default).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -414,7 +415,12 @@ fn direct(c: &Ctx) -> Run {
     } = c;
     let direct_url = format!("{}-direct", c.url);
     let repo2 = c.repo(&direct_url);
-    let ship = |_: usize, spool: &Path| {
+    let ship = |i: usize, spool: &Path| {
+        // BENCH_LOGS=DIR keeps each local shipper's log (to find a stall).
+        let log = match std::env::var_os("BENCH_LOGS") {
+            Some(d) => Stdio::from(std::fs::File::create(Path::new(&d).join(format!("direct-{i}.log"))).unwrap()),
+            None => Stdio::null(),
+        };
         Command::new(bin.join("hrl-shipper"))
             .args([
                 "run",
@@ -427,7 +433,7 @@ fn direct(c: &Ctx) -> Run {
                 "--metrics-listen",
                 "",
             ])
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap()
     };

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,13 @@ pub struct SharedIndex {
     inner: RwLock<(ChunkIndex, Option<String>)>,
     /// When index objects other shippers wrote were last looked for.
     refreshed: std::sync::Mutex<Instant>,
+    /// A periodic refresh is under way in its own task.
+    refreshing: AtomicBool,
 }
 
-/// How often a shipper with an index file reads the index objects other
-/// shippers (other process servers) wrote since: their chunks are then
-/// not stored again. Until then a chunk stored concurrently elsewhere may
+/// How often a process server reads the index objects other shippers
+/// (other process servers) wrote since: their chunks are then not stored
+/// again. Until then a chunk stored concurrently elsewhere may
 /// be stored twice (counted by `check`), never wrongly.
 pub const REFRESH: Duration = Duration::from_secs(60);
 
@@ -50,6 +53,7 @@ impl SharedIndex {
         Ok(Arc::new(SharedIndex {
             inner: RwLock::new((index, version)),
             refreshed: std::sync::Mutex::new(Instant::now()),
+            refreshing: AtomicBool::new(false),
         }))
     }
 
@@ -77,10 +81,23 @@ impl SharedIndex {
         Ok(Some(out))
     }
 
-    /// Reads the index objects written elsewhere since the last look, at
-    /// most every [`REFRESH`].
-    pub async fn refresh_if_due(&self, repo: &Repo) -> Result<()> {
-        self.refresh(repo, REFRESH).await
+    /// When due (at most every [`REFRESH`]), starts reading the index
+    /// objects written elsewhere since the last look in a task of its own
+    /// and returns at once: the ship loops go on publishing meanwhile
+    /// (21 local shippers on one busy store, each waiting for its own
+    /// read of everyone's objects, stalled for minutes).
+    pub fn refresh_in_background(self: &Arc<Self>, repo: &Repo) {
+        let due = self.refreshed.lock().unwrap_or_else(|p| p.into_inner()).elapsed() >= REFRESH;
+        if !due || self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (me, repo) = (self.clone(), repo.clone());
+        tokio::spawn(async move {
+            if let Err(e) = me.refresh(&repo, REFRESH).await {
+                tracing::warn!(error = %e, "could not read index objects written elsewhere; trying again later");
+            }
+            me.refreshing.store(false, Ordering::Release);
+        });
     }
 
     /// Reads the index objects written elsewhere unless that was done
@@ -94,9 +111,9 @@ impl SharedIndex {
             }
             *t = start;
         }
-        // Under the read lock: lookups go on while the repository is
-        // listed and new index objects are read (a reload after a prune
-        // takes the write lock and waits for this).
+        // Under the read lock: lookups and additions go on while the
+        // repository is listed and new index objects are read (a reload
+        // after a prune takes the write lock and waits for this).
         let n = self.inner.read().await.0.refresh(repo).await?;
         if n > 0 {
             tracing::debug!(index_objects = n, "chunk index: read index objects written elsewhere");
@@ -152,13 +169,29 @@ impl Known {
     }
 
     /// Adds the entries of the index object `key`, durable in the store.
+    /// A file takes them under the read lock (its writes are serialized
+    /// by redb), so a refresh under way does not hold up publishing; the
+    /// map needs the write lock.
     pub(super) async fn add(&self, key: &str, entries: impl Iterator<Item = (ChunkId, Location)>) -> Result<()> {
-        self.shared.inner.write().await.0.add(Some(key), entries.collect())
+        let entries: Vec<_> = entries.collect();
+        if let ChunkIndex::Disk(d) = &self.shared.inner.read().await.0 {
+            return d.insert(Some(key), &entries);
+        }
+        self.shared.inner.write().await.0.add(Some(key), entries)
     }
 
-    /// See [`SharedIndex::refresh_if_due`].
-    pub(super) async fn refresh_if_due(&self, repo: &Repo) -> Result<()> {
-        self.shared.refresh_if_due(repo).await
+    /// See [`SharedIndex::refresh_in_background`]; a process server's
+    /// loops only. A local shipper reads other shippers' index objects at
+    /// start, when it takes a lease and after a prune, not every minute:
+    /// with many local shippers on one repository each reading everyone's
+    /// objects, the reads grow with the square of the fleet (21 of them
+    /// made the store's whole load); a chunk another machine stored since
+    /// is stored again (counted by `check`), never wrongly. Fleets that
+    /// share content ship through a process server.
+    pub(super) fn refresh_in_background(&self, repo: &Repo) {
+        if !self.own {
+            self.shared.refresh_in_background(repo)
+        }
     }
 
     /// After taking a disk's lease: the disk may have been shipped by

@@ -67,9 +67,7 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
             continue;
         }
         backoff = Duration::from_secs(1);
-        if let Err(e) = known.refresh_if_due(repo).await {
-            tracing::warn!(error = %e, "could not read index objects written elsewhere; trying again later");
-        }
+        known.refresh_in_background(repo);
         if opts.status.is_some() && last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
             save_status(opts, &report, &disks, &mut rpo_warned);
