@@ -30,6 +30,7 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
     let mut disks: Vec<DiskShipper> = Vec::new();
     let mut last_log = Instant::now();
     let mut last_status = Instant::now() - Duration::from_secs(10);
+    let mut last_file = last_status;
     let mut backoff = Duration::from_secs(1);
     let mut rpo_warned: HashMap<Uuid, Instant> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
@@ -70,7 +71,11 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
         known.refresh_in_background(repo);
         if opts.status.is_some() && last_status.elapsed() >= Duration::from_secs(1) {
             last_status = Instant::now();
-            save_status(opts, &report, &disks, &mut rpo_warned);
+            let file = last_file.elapsed() >= super::status::FILE_EVERY;
+            if file {
+                last_file = last_status;
+            }
+            save_status(opts, &report, &disks, &mut rpo_warned, file);
         }
         if last_log.elapsed() > Duration::from_secs(10) {
             last_log = Instant::now();
@@ -135,13 +140,14 @@ async fn add_new_disks(repo: &Repo, opts: &ShipOptions, disks: &mut Vec<DiskShip
     Ok(())
 }
 
-/// Updates the shared status (and warns on RPO breaches), then writes the
-/// status file.
+/// Updates the shared status (what the metrics show; warns on RPO
+/// breaches), then, with `file`, writes the status file.
 fn save_status(
     opts: &ShipOptions,
     report: &ShipReport,
     disks: &[DiskShipper],
     rpo_warned: &mut HashMap<Uuid, Instant>,
+    file: bool,
 ) {
     let Some(st) = &opts.status else { return };
     let warn = opts.rpo_warn.load(Ordering::Relaxed);
@@ -181,6 +187,9 @@ fn save_status(
         }
         st.clone()
     };
+    if !file {
+        return;
+    }
     if let Err(e) = crate::ship::status::save(&opts.spool, &snapshot) {
         tracing::warn!(error = %e, "could not write the status file");
     }

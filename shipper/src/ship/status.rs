@@ -68,6 +68,13 @@ impl DiskShipStatus {
     }
 }
 
+/// How often a shipper and a forwarder rewrite their status file (what
+/// the metrics show is brought up to date every second). Each rewrite
+/// creates a file and renames it over the last (a new inode): every second
+/// that was a tenth of a 2 MB/s forwarder's CPU; readers call a file stale
+/// after 10 s.
+pub const FILE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShipStatus {
     pub repo: String,
