@@ -316,11 +316,8 @@ fn refused(c: &GatewayClient, disk: Uuid, a: super::client::Answer) -> ShipError
 
 /// The checked stream of `path` up to `offset` (what the gateway holds).
 fn stream_at(path: &Path, offset: u64) -> Result<SegmentStream> {
-    use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(path).map_err(|e| ShipError::io(path, "open", e))?;
-    let mut buf = vec![0u8; offset as usize];
-    f.read_exact_at(&mut buf, 0)
-        .map_err(|e| ShipError::io(path, "read", e))?;
+    let buf = read_range(&f, 0, offset as usize).map_err(|e| ShipError::io(path, "read", e))?;
     let mut s = SegmentStream::new(path);
     if s.take_whole(&buf)? as u64 != offset {
         return Err(ShipError::corrupt(

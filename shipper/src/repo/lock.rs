@@ -19,6 +19,16 @@ pub const PRUNED: &str = "locks/pruned";
 /// waiting for it and a new prune takes it over.
 pub const STALE_LOCK: Duration = Duration::from_secs(6 * 3600);
 
+/// Whether a prune lock of `age` is a live prune's, which a shipper waits
+/// for; a stale one is ignored, with a warning.
+pub fn live(age: Duration) -> bool {
+    if age > STALE_LOCK {
+        tracing::warn!(age_s = age.as_secs(), "ignoring a stale prune lock");
+        return false;
+    }
+    true
+}
+
 /// Takes the prune lock (conditional create). A stale lock is replaced.
 pub async fn take(repo: &Repo) -> Result<()> {
     let body = stamp()?;

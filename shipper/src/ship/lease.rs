@@ -79,8 +79,7 @@ impl DiskShipper {
     pub(super) async fn wait_for_prune(&mut self, repo: &Repo) -> Result<bool> {
         let mut waited = false;
         while let Some(age) = lock::lock_age(repo).await? {
-            if age > lock::STALE_LOCK {
-                tracing::warn!(age_s = age.as_secs(), "ignoring a stale prune lock");
+            if !lock::live(age) {
                 break;
             }
             if !waited {

@@ -137,15 +137,11 @@ impl DiskShipper {
         // prune's end, so the index is checked again once the lock is gone
         // (whether or not it is still there now).
         let waited = match checks.lock {
-            Some(age) if age > lock::STALE_LOCK => {
-                tracing::warn!(age_s = age.as_secs(), "ignoring a stale prune lock");
-                false
-            }
-            Some(_) => {
+            Some(age) if lock::live(age) => {
                 self.wait_for_prune(repo).await?;
                 true
             }
-            None => false,
+            _ => false,
         };
         if !waited && !known.changed_from(&checks.pruned) {
             return Ok(AfterPrune::Clear);
