@@ -83,20 +83,19 @@ impl SharedIndex {
 
     /// When due (at most every [`REFRESH`]), starts reading the index
     /// objects written elsewhere since the last look in a task of its own
-    /// and returns at once: the ship loops go on publishing meanwhile
-    /// (21 local shippers on one busy store, each waiting for its own
-    /// read of everyone's objects, stalled for minutes).
+    /// and returns at once: the ship loops go on publishing meanwhile (a
+    /// loop that waited for the read, on a busy store, held its machine's
+    /// points back for as long as the read took).
     pub fn refresh_in_background(self: &Arc<Self>, repo: &Repo) {
         let due = self.refreshed.lock().unwrap_or_else(|p| p.into_inner()).elapsed() >= REFRESH;
         if !due || self.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
-        let (me, repo) = (self.clone(), repo.clone());
+        let (running, repo) = (Refreshing(self.clone()), repo.clone());
         tokio::spawn(async move {
-            if let Err(e) = me.refresh(&repo, REFRESH).await {
+            if let Err(e) = running.0.refresh(&repo, REFRESH).await {
                 tracing::warn!(error = %e, "could not read index objects written elsewhere; trying again later");
             }
-            me.refreshing.store(false, Ordering::Release);
         });
     }
 
@@ -127,6 +126,16 @@ impl SharedIndex {
         let mut t = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
         *t = next.map_or(start, |n| n.max(start));
         Ok(())
+    }
+}
+
+/// A background refresh under way; the next may start once it is dropped
+/// (however the task ends).
+struct Refreshing(Arc<SharedIndex>);
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::Release);
     }
 }
 
