@@ -93,8 +93,7 @@ pub async fn forward(id: &Identity, opts: &ForwardOptions, stop: &AtomicBool) ->
     let mut report = ForwardReport::default();
     let mut backoff = Duration::from_millis(500);
     let mut policy = super::policy::PolicySync::default();
-    let mut updated = std::time::Instant::now() - Duration::from_secs(10);
-    let mut saved = updated;
+    let mut status_clock = crate::ship::status::StatusClock::default();
     while !stop.load(Ordering::Relaxed) {
         let client = &clients[at];
         if !opts.once {
@@ -128,11 +127,9 @@ pub async fn forward(id: &Identity, opts: &ForwardOptions, stop: &AtomicBool) ->
             if let Some(e) = &failed {
                 g.last_error = Some(e.to_string());
             }
-            if updated.elapsed() >= Duration::from_secs(1) {
-                updated = std::time::Instant::now();
+            if let Some(file) = status_clock.due() {
                 publish(&mut g, &opts.spool, &disks, &report, policy.applied_name());
-                if saved.elapsed() >= crate::ship::status::FILE_EVERY {
-                    saved = updated;
+                if file {
                     save(&opts.spool, &g);
                 }
             }

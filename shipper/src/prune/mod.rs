@@ -156,7 +156,7 @@ async fn prune_locked(repo: &Repo, opts: &PruneOptions) -> Result<PruneReport> {
         dry_run: opts.dry_run,
         ..Default::default()
     };
-    if !opts.dry_run && !opts.grace.is_zero() {
+    if !opts.dry_run {
         tokio::time::sleep(opts.grace).await;
     }
     let now = hrl_format::now_ns();

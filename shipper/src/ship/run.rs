@@ -29,8 +29,7 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
     let mut report = ShipReport::default();
     let mut disks: Vec<DiskShipper> = Vec::new();
     let mut last_log = Instant::now();
-    let mut last_status = Instant::now() - Duration::from_secs(10);
-    let mut last_file = last_status;
+    let mut status_clock = super::status::StatusClock::default();
     let mut backoff = Duration::from_secs(1);
     let mut rpo_warned: HashMap<Uuid, Instant> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
@@ -69,12 +68,7 @@ pub async fn ship(repo: &Repo, opts: &ShipOptions, stop: &AtomicBool) -> Result<
         }
         backoff = Duration::from_secs(1);
         known.refresh_in_background(repo);
-        if opts.status.is_some() && last_status.elapsed() >= Duration::from_secs(1) {
-            last_status = Instant::now();
-            let file = last_file.elapsed() >= super::status::FILE_EVERY;
-            if file {
-                last_file = last_status;
-            }
+        if let Some(file) = opts.status.as_ref().and_then(|_| status_clock.due()) {
             save_status(opts, &report, &disks, &mut rpo_warned, file);
         }
         if last_log.elapsed() > Duration::from_secs(10) {
@@ -185,11 +179,9 @@ fn save_status(
             }
             e.rpo_exceeded = over;
         }
-        st.clone()
+        file.then(|| st.clone())
     };
-    if !file {
-        return;
-    }
+    let Some(snapshot) = snapshot else { return };
     if let Err(e) = crate::ship::status::save(&opts.spool, &snapshot) {
         tracing::warn!(error = %e, "could not write the status file");
     }

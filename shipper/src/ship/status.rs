@@ -75,6 +75,39 @@ impl DiskShipStatus {
 /// after 10 s.
 pub const FILE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// When a daemon's status is due: the shared status (metrics) every
+/// second, the file every [`FILE_EVERY`].
+pub struct StatusClock {
+    updated: std::time::Instant,
+    written: std::time::Instant,
+}
+
+impl Default for StatusClock {
+    fn default() -> Self {
+        let long_ago = std::time::Instant::now() - std::time::Duration::from_secs(10);
+        StatusClock {
+            updated: long_ago,
+            written: long_ago,
+        }
+    }
+}
+
+impl StatusClock {
+    /// `None`: nothing due; `Some(file)`: update the shared status, and
+    /// write the file too when `file`.
+    pub fn due(&mut self) -> Option<bool> {
+        if self.updated.elapsed() < std::time::Duration::from_secs(1) {
+            return None;
+        }
+        self.updated = std::time::Instant::now();
+        let file = self.written.elapsed() >= FILE_EVERY;
+        if file {
+            self.written = self.updated;
+        }
+        Some(file)
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ShipStatus {
     pub repo: String,
