@@ -150,13 +150,17 @@ impl SegmentWriter {
         });
         self.append(&seal)?;
         self.sync()?;
-        set_read_only(&self.path)?;
+        set_read_only(&self.file, &self.path)?;
         Ok(self.path)
     }
 }
 
-fn set_read_only(path: &Path) -> Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o400))
+/// Makes a sealed segment read-only through its open file, not its path:
+/// once the seal is visible a shipper or forwarder may ship the segment
+/// and delete it before this runs (a path would then be gone, and the
+/// agent's rotation would fail).
+fn set_read_only(f: &File, path: &Path) -> Result<()> {
+    f.set_permissions(std::fs::Permissions::from_mode(0o400))
         .map_err(|e| FormatError::io(path, "chmod 0400", e))
 }
 
@@ -537,7 +541,7 @@ fn recover_segment(path: &Path, cfg: &LogConfig) -> Result<Option<RecoveredSegme
         .map_err(|e| FormatError::io(path, "seek", e))?;
     f.write_all(&buf).map_err(|e| FormatError::io(path, "write seal", e))?;
     f.sync_all().map_err(|e| FormatError::io(path, "fsync", e))?;
-    set_read_only(path)?;
+    set_read_only(&f, path)?;
     Ok(Some(RecoveredSegment {
         path: path.to_path_buf(),
         seq,
@@ -581,6 +585,6 @@ impl SegmentWriter {
         self.append(&seal)?;
         self.unsynced = true;
         self.sync()?;
-        set_read_only(&self.path)
+        set_read_only(&self.file, &self.path)
     }
 }

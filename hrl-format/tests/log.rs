@@ -79,6 +79,33 @@ fn writer_rotates_seals_and_sets_permissions() {
     assert_eq!(recs[19], data(19 * 65536, 19, 4000));
 }
 
+/// A forwarder deletes a segment as soon as the gateway holds it whole,
+/// which can be before the writer has made it read-only: rotation must not
+/// fail on a segment already gone (it did, "chmod 0400: No such file", in
+/// the gateway bench).
+#[test]
+fn rotation_survives_the_sealed_segment_being_shipped_and_deleted_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Uuid::new_v4();
+    let mut w = LogWriter::open(cfg(dir.path(), disk)).unwrap();
+    w.append(&data(0, 1, 4000)).unwrap();
+    w.flush().unwrap();
+    let first = dir.path().join(segment_file_name(disk, w.current_seq()));
+    // The seal is not written yet; deleting the file now is what a shipper
+    // does in the instant between the seal becoming visible and the chmod.
+    std::fs::remove_file(&first).unwrap();
+    w.rotate().unwrap();
+    w.append(&tag(1)).unwrap();
+    let next = w.current_seq();
+    w.close().unwrap();
+    let segs = list_segments(dir.path(), Some(disk)).unwrap();
+    assert_eq!(segs.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![next]);
+    assert_eq!(
+        std::fs::metadata(&segs[0].path).unwrap().permissions().mode() & 0o777,
+        0o400
+    );
+}
+
 #[test]
 fn a_sealed_segment_is_known_from_its_tail_and_an_unsealed_one_is_not() {
     let dir = tempfile::tempdir().unwrap();
