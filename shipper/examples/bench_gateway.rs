@@ -13,7 +13,9 @@
 //! run 1 uses that many process servers on the one repository, each
 //! machine enrolled on one of them in turn and forwarding to all; the
 //! chunks they stored twice are counted), BENCH_DIRECT (1; 0 skips run 2),
-//! BENCH_LOGS (a folder for the local shippers' logs; none by default).
+//! BENCH_LOGS (a folder that keeps every shipper's, forwarder's and process
+//! server's log; by default the forwarders' and servers' logs go with the
+//! work folder and the local shippers' nowhere).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -159,6 +161,8 @@ struct Run {
     stored: u64,
     /// Chunks stored twice and chunks indexed (run 1 only).
     dup: Option<(u64, u64)>,
+    /// The forwarders' requests and bytes sent (run 1 only).
+    requests: Option<(u64, u64)>,
 }
 
 /// Runs the load with `start(i, spool)` starting what ships machine `i`.
@@ -221,6 +225,7 @@ fn run(
         gw: None,
         stored,
         dup: None,
+        requests: None,
     }
 }
 
@@ -307,6 +312,15 @@ impl Ctx {
     }
 }
 
+/// A log file named `name`: in BENCH_LOGS when set (kept after the run, to
+/// find a stall), else in `work` (removed with it).
+fn log_file(work: &Path, name: &str) -> std::fs::File {
+    let dir = std::env::var_os("BENCH_LOGS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| work.to_path_buf());
+    std::fs::File::create(dir.join(name)).unwrap()
+}
+
 /// Starts process server `k` of run 1 (all share gateway 0's certificate);
 /// returns it and its port.
 fn start_gateway(c: &Ctx, gw_url: &str, k: usize) -> (Child, u16) {
@@ -334,7 +348,7 @@ fn start_gateway(c: &Ctx, gw_url: &str, k: usize) -> (Child, u16) {
             "--state-dir",
             state.to_str().unwrap(),
         ])
-        .stderr(std::fs::File::create(c.work.join(format!("gateway-{k}.log"))).unwrap())
+        .stderr(log_file(&c.work, &format!("gateway-{k}.log")))
         .spawn()
         .unwrap();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -383,15 +397,27 @@ fn via_gateway(c: &Ctx) -> Run {
             work.join(format!("{}.id", loads[i].host)).to_str().unwrap(),
             "--spool",
             spool.to_str().unwrap(),
+            "--metrics-listen",
+            "",
+            "--json",
         ]);
         if n > 1 {
             cmd.args(["--gateway", &order.join(",")]);
         }
-        let log = std::fs::File::create(work.join(format!("forward-{}.log", loads[i].host))).unwrap();
-        cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap()
+        let log = log_file(work, &format!("forward-{}.log", loads[i].host));
+        let report = std::fs::File::create(work.join(format!("forward-{}.json", loads[i].host))).unwrap();
+        cmd.stdout(report).stderr(log).spawn().unwrap()
     };
     let gw_work = work.join("via-gateway");
     let mut r1 = run(rt, &repo, loads, &gw_work, c.secs, c.shared, &fwd);
+    r1.requests = Some(loads.iter().fold((0, 0), |(q, b), l| {
+        let f = work.join(format!("forward-{}.json", l.host));
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(f).unwrap_or_default()).unwrap_or_default();
+        (
+            q + v["requests"].as_u64().unwrap_or(0),
+            b + v["bytes_sent"].as_u64().unwrap_or(0),
+        )
+    }));
     let stopped: Vec<(f64, u64)> = gws.into_iter().map(|(g, _)| stop(g)).collect();
     r1.gw = Some((
         stopped.iter().map(|s| s.0).sum(),
@@ -416,9 +442,8 @@ fn direct(c: &Ctx) -> Run {
     let direct_url = format!("{}-direct", c.url);
     let repo2 = c.repo(&direct_url);
     let ship = |i: usize, spool: &Path| {
-        // BENCH_LOGS=DIR keeps each local shipper's log (to find a stall).
         let log = match std::env::var_os("BENCH_LOGS") {
-            Some(d) => Stdio::from(std::fs::File::create(Path::new(&d).join(format!("direct-{i}.log"))).unwrap()),
+            Some(_) => Stdio::from(log_file(work, &format!("direct-{}.log", loads[i].host))),
             None => Stdio::null(),
         };
         Command::new(bin.join("hrl-shipper"))
@@ -433,6 +458,7 @@ fn direct(c: &Ctx) -> Run {
                 "--metrics-listen",
                 "",
             ])
+            .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap()
@@ -481,6 +507,12 @@ fn report(r1: &mut Run, mut r2: Option<&mut Run>, offered: f64) {
         gcpu / gb,
         grss >> 20
     );
+    if let Some((q, b)) = r1.requests {
+        println!(
+            "forwarders: {q} requests, {:.0} KiB sent per request",
+            b as f64 / 1024.0 / q.max(1) as f64
+        );
+    }
     if let Some((dup, all)) = r1.dup {
         println!(
             "chunks stored twice via the gateways: {dup} of {all} index entries ({:.2}%)",
