@@ -468,8 +468,12 @@ impl LogWriter {
 /// was already sealed. Sealed but damaged segments are left alone: they are
 /// reported by readers, never rewritten.
 fn recover_segment(path: &Path, cfg: &LogConfig) -> Result<Option<RecoveredSegment>> {
-    if matches!(crate::reader::ends_sealed(path), Ok(true)) {
-        return Ok(None);
+    match crate::reader::ends_sealed(path) {
+        Ok(true) => return Ok(None),
+        // Gone since the listing: only a sealed segment is ever deleted
+        // (shipped, or held whole by the gateway), so nothing to recover.
+        Err(FormatError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        _ => {}
     }
     let mut reader = match SegmentReader::open(path, RecoveryMode::TolerateTornTail) {
         Ok(r) => r,
@@ -586,5 +590,20 @@ impl SegmentWriter {
         self.unsynced = true;
         self.sync()?;
         set_read_only(&self.file, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer starting while a forwarder deletes sealed segments: one
+    /// listed and gone before its turn is not an error.
+    #[test]
+    fn a_segment_deleted_after_the_listing_needs_no_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = LogConfig::new(dir.path(), Uuid::nil(), 65536, 512, 1 << 30);
+        let gone = dir.path().join(segment_file_name(Uuid::nil(), 3));
+        assert!(recover_segment(&gone, &cfg).unwrap().is_none());
     }
 }
