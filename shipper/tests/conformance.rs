@@ -127,11 +127,14 @@ mod index;
 use index::index_files_learn_each_others_chunks_and_follow_a_prune;
 #[path = "conformance/leases.rs"]
 mod leases;
-use leases::a_stale_lease_holder_with_a_stopped_clock_cannot_publish;
+use leases::{
+    a_stale_lease_holder_with_a_stopped_clock_cannot_publish, an_upload_limit_slower_than_the_lease_keeps_the_lease,
+};
 
 conformance!(
     disks_are_chosen_by_host_and_name_and_never_guessed,
     a_stale_lease_holder_with_a_stopped_clock_cannot_publish,
+    an_upload_limit_slower_than_the_lease_keeps_the_lease,
     index_files_learn_each_others_chunks_and_follow_a_prune,
     every_point_of_several_disks_restores_identical_to_replay_and_dedup_stores_once,
     a_wrong_key_a_loose_key_file_and_a_newer_repository_are_clear_errors,

@@ -91,6 +91,32 @@ impl LeaseOptions {
     }
 }
 
+/// How often a long wait looks whether the lease is due for renewal.
+const RENEW_LOOK: Duration = Duration::from_secs(1);
+
+/// Awaits `fut`, renewing `lease` when due meanwhile. A wait for the upload
+/// limit (a 1 MiB pack at 256 KiB/s is 4 s, a 16 MiB one at 512 KiB/s half
+/// a minute) or for pack uploads to a slow store can outlast five sixths
+/// of the lease period; the lease was then lost, and the window read
+/// again, for every pack.
+pub async fn renewing<T>(
+    lease: &mut Option<Lease>,
+    repo: &Repo,
+    fut: impl std::future::Future<Output = T>,
+) -> Result<T> {
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            v = &mut fut => return Ok(v),
+            _ = tokio::time::sleep(RENEW_LOOK) => {
+                if let Some(l) = lease.as_mut() {
+                    l.renew_if_due(repo).await?;
+                }
+            }
+        }
+    }
+}
+
 /// A lease period from a file or flag: at least 3 s (it is renewed every
 /// third of it); default 30 s.
 pub fn period(v: Option<Duration>) -> Result<Duration> {

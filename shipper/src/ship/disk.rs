@@ -132,10 +132,10 @@ impl DiskShipper {
         let pack = std::mem::take(&mut self.pack);
         let id = pack.id;
         let (key, bytes, entries) = pack.finish(&repo.keys);
-        opts.upload.take(bytes.len() as u64).await;
+        crate::repo::lease::renewing(&mut self.lease, repo, opts.upload.take(bytes.len() as u64)).await?;
         report.upload_bytes += bytes.len() as u64;
         if self.uploads.len() >= UPLOADS {
-            self.wait_upload().await?;
+            self.wait_upload(repo).await?;
         }
         let r = repo.clone();
         self.uploads
@@ -145,10 +145,11 @@ impl DiskShipper {
         Ok(())
     }
 
-    /// Waits for the oldest pack upload.
-    async fn wait_upload(&mut self) -> Result<()> {
+    /// Waits for the oldest pack upload (renewing the lease meanwhile).
+    async fn wait_upload(&mut self, repo: &Repo) -> Result<()> {
         if let Some(h) = self.uploads.pop_front() {
-            h.await
+            crate::repo::lease::renewing(&mut self.lease, repo, h)
+                .await?
                 .map_err(|e| ShipError::Internal(format!("pack upload task failed: {e}")))??;
         }
         Ok(())
@@ -156,9 +157,9 @@ impl DiskShipper {
 
     /// Waits for every pack upload: nothing may refer to a pack before it
     /// is durable.
-    pub(super) async fn wait_uploads(&mut self) -> Result<()> {
+    pub(super) async fn wait_uploads(&mut self, repo: &Repo) -> Result<()> {
         while !self.uploads.is_empty() {
-            self.wait_upload().await?;
+            self.wait_upload(repo).await?;
         }
         Ok(())
     }
@@ -322,7 +323,7 @@ impl DiskShipper {
         report: &mut ShipReport,
     ) -> Result<()> {
         self.flush_pack(repo, opts, report).await?;
-        self.wait_uploads().await?;
+        self.wait_uploads(repo).await?;
         if !self.unindexed.is_empty() {
             let key = repo.write_index(&self.unindexed).await?;
             self.unindexed.clear();

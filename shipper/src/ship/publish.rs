@@ -43,7 +43,7 @@ impl DiskShipper {
         let (repo, opts, tag) = (p.repo, p.opts, p.tag);
         // 1. packs, 2. index: durable before the manifest that needs them.
         self.flush_pack(repo, opts, report).await?;
-        self.wait_uploads().await?;
+        self.wait_uploads(repo).await?;
         crash_point!("ship-packs-written");
         // The checks the manifest waits for are read while the index is
         // written: under a busy store each is a queued round trip, and one

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hrl_shipper::repo::lease::{self, Claim, ManualClock, Watch};
 use hrl_shipper::repo::manifest;
-use hrl_shipper::ship::{ship, ShipOptions};
+use hrl_shipper::ship::{ship, ShipOptions, Throttle};
 use hrl_shipper::ShipError;
 use hrl_testkit::spool::SpoolWriter;
 use uuid::Uuid;
@@ -142,5 +142,33 @@ pub async fn a_stale_lease_holder_with_a_stopped_clock_cannot_publish(backend: B
             assert_eq!(generation, 4);
         }
         r => panic!("a second shipper of a leased disk was not refused: {r:?}"),
+    }
+}
+
+/// An upload limit that holds each pack back longer than a lease lasts
+/// unrenewed (a 1 MiB pack at 256 KiB/s waits 4 s; a 3 s lease is lost
+/// after 2.5 s) ships with the lease renewed while it waits: no lease lost
+/// (with `--once` that is an error), every point under generation 1.
+pub async fn an_upload_limit_slower_than_the_lease_keeps_the_lease(backend: Backend) {
+    let (e, repo) = env(backend).await;
+    let spool = e.root.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let disk = Uuid::new_v4();
+    let mut w = SpoolWriter::new(&spool, disk, 16, 1 << 20, 7);
+    points(&mut w, 1, 2);
+    w.close();
+    let mut o = ShipOptions::new(&spool);
+    o.lease.period = PERIOD;
+    o.once = true;
+    o.upload = Arc::new(Throttle::new(256 << 10));
+    let t = std::time::Instant::now();
+    let rep = ship(&repo, &o, &AtomicBool::new(false)).await.unwrap();
+    assert!(
+        t.elapsed() >= PERIOD,
+        "the limit did not hold the packs back longer than a lease period"
+    );
+    assert_eq!(rep.points_published, 2);
+    for s in manifest::list_points(&repo, &disk).await.unwrap() {
+        assert_eq!(manifest::load(&repo, &disk, s).await.unwrap().0.lease, Some(1));
     }
 }
