@@ -31,6 +31,9 @@ shipper)
 gateway)
     exec bash scripts/bench-gateway.sh
     ;;
+machine)
+    exec bash scripts/bench-machine.sh
+    ;;
 azure)
     exec bash scripts/bench-azure.sh
     ;;
@@ -44,7 +47,7 @@ reboot)
     exec bash scripts/bench-reboot.sh
     ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | index | azure | memory | reboot" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | machine | index | azure | memory | reboot" >&2
     exit 2
     ;;
 esac
