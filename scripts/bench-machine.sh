@@ -42,17 +42,14 @@ tag=$(date +%s)
 
 # The process server (run 2), started once.
 "$shipper" init --repo "az://bench-machine-$tag/gw" --key-file "$key" >/dev/null
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 state="$work/gw-state"
 mkdir -p "$state"
 fp=$("$shipper" serve --state-dir "$state" --fingerprint)
 "$shipper" serve --listen "127.0.0.1:$port" --repo "az://bench-machine-$tag/gw" --key-file "$key" \
     --state-dir "$state" 2>"$work/gateway.log" &
 gpid=$!
-for _ in $(seq 100); do
-    python3 -c "import socket; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null && break
-    sleep 0.1
-done
+wait_port "$port" || { echo "the process server did not start:" >&2; cat "$work/gateway.log" >&2; exit 1; }
 "$shipper" machines --state-dir "$state" add bench >"$work/token"
 "$shipper" enroll --gateway "https://127.0.0.1:$port" --fingerprint "$fp" --token-file "$work/token" \
     --identity "$work/machine.id" >/dev/null
@@ -69,10 +66,8 @@ run() {
     "$agent" run --device "$loop" --spool "$spool" --name "bench-$mode" --point-interval 10s \
         --spool-limit 4GiB 2>"$work/agent-$mode.log" &
     apid=$!
-    for _ in $(seq 600); do
-        "$agent" status --json --spool "$spool" 2>/dev/null | grep -q '"mode": "data"' && break
-        sleep 0.2
-    done
+    wait_for_data "$agent" "$spool" 600 ||
+        { echo "agent did not reach data mode:" >&2; cat "$work/agent-$mode.log" >&2; exit 1; }
     if [ "$mode" = local ]; then
         "$shipper" init --repo "az://bench-machine-$tag/local" --key-file "$key" >/dev/null
         "$shipper" run --repo "az://bench-machine-$tag/local" --key-file "$key" --spool "$spool" \

@@ -40,10 +40,7 @@ start_agent() { # spool interval
     # Stand-in shipper: drop sealed segments so the spool stays small.
     ( while sleep 1; do find "$1" -name '*.hrl' -perm 0400 -delete 2>/dev/null || true; done ) &
     spid=$!
-    for _ in $(seq 600); do
-        "$agent" status --json --spool "$1" 2>/dev/null | grep -q '"mode": "data"' && return 0
-        sleep 0.2
-    done
+    wait_for_data "$agent" "$1" 600 && return 0
     echo "agent did not reach data mode" >&2; cat "$work/agent.log" >&2; exit 1
 }
 stop_agent() {

@@ -35,6 +35,28 @@ install_py_deps() {
     export PYTHONPATH="$PWD/target/pydeps${PYTHONPATH:+:$PYTHONPATH}"
 }
 
+# A free TCP port on loopback.
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+# Waits up to 10 s for something to listen on loopback PORT; 1 if nothing does.
+wait_port() {
+    for _ in $(seq 100); do
+        python3 -c "import socket; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
+}
+# Waits for the agent AGENT of spool SPOOL to reach data mode, looking TRIES
+# times 0.2 s apart; 1 if it does not.
+wait_for_data() {
+    for _ in $(seq "$3"); do
+        "$1" status --json --spool "$2" 2>/dev/null | grep -q '"mode": "data"' && return 0
+        sleep 0.2
+    done
+    return 1
+}
+
 # Azurite (npm package `azurite`) for the blob-store tests: installed into
 # target/azurite, started on a free loopback port with its own data folder
 # and telemetry off, stopped by its PID. AZURITE_EXTRA_ARGS adds options
@@ -47,20 +69,17 @@ start_azurite() {
         npm install --prefix target/azurite --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
     fi
     local port
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$(free_port)
     AZURITE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/hrl-azurite-XXXXXX")
     target/azurite/node_modules/.bin/azurite-blob --blobHost 127.0.0.1 --blobPort "$port" \
         --location "$AZURITE_DIR" --disableTelemetry --silent ${AZURITE_EXTRA_ARGS:-} >"$AZURITE_DIR.log" 2>&1 &
     AZURITE_PID=$!
-    for _ in $(seq 100); do
-        if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $port), 0.2)" 2>/dev/null; then
-            export AZURE_STORAGE_USE_EMULATOR=true
-            export AZURITE_BLOB_STORAGE_URL="http://127.0.0.1:$port"
-            echo "azurite (pid $AZURITE_PID) listening on 127.0.0.1:$port"
-            return 0
-        fi
-        sleep 0.1
-    done
+    if wait_port "$port"; then
+        export AZURE_STORAGE_USE_EMULATOR=true
+        export AZURITE_BLOB_STORAGE_URL="http://127.0.0.1:$port"
+        echo "azurite (pid $AZURITE_PID) listening on 127.0.0.1:$port"
+        return 0
+    fi
     echo "azurite did not start:" >&2
     cat "$AZURITE_DIR.log" >&2
     return 1
