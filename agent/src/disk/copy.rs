@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use hrl_format::{Data, DiskMode, Record};
+use hrl_format::record::DATA_HEAD;
+use hrl_format::{Data, DiskMode};
 
 use super::worker::{DiskWorker, BATCH};
 use crate::capture::hashes::hash_chunk;
@@ -33,23 +34,16 @@ impl DiskWorker {
                     continue;
                 }
                 let offset = c * self.reader.chunk_size;
-                let rec = if data.iter().all(|&b| b == 0) {
-                    Record::Data(Data {
-                        offset,
-                        flags: Data::ZERO,
-                        data: Vec::new(),
-                    })
+                // Written from the read buffer itself: no copy of the chunk.
+                let (flags, bytes): (u32, &[u8]) = if data.iter().all(|&b| b == 0) {
+                    (Data::ZERO, &[])
                 } else {
-                    Record::Data(Data {
-                        offset,
-                        flags: 0,
-                        data: data.to_vec(),
-                    })
+                    (0, data)
                 };
-                self.log.append(&rec)?;
+                self.log.append_data(offset, flags, bytes)?;
                 self.hashes.stage(c, h);
                 self.counters.data_records += 1;
-                let n = rec.payload_len() as u64 + 12;
+                let n = (DATA_HEAD + bytes.len()) as u64;
                 self.spool_used += n;
                 // Until the next statvfs, assume the bytes took free space.
                 self.spool_free = self.spool_free.saturating_sub(n);

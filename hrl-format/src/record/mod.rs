@@ -439,3 +439,26 @@ pub fn encode_framed(signature: u64, rec: &Record, out: &mut Vec<u8>) {
     let crc = record_crc(signature, &out[start + 4..start + FRAME_LEN], &out[start + FRAME_LEN..]);
     out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
 }
+
+/// Bytes of a `Data` record before its chunk bytes: the frame and the
+/// payload's offset, flags and padding.
+pub const DATA_HEAD: usize = FRAME_LEN + 16;
+
+/// The frame and payload head of a `Data` record whose chunk bytes are
+/// `data`, crc included: the head followed by `data` is exactly what
+/// [`encode_framed`] writes for that record. Lets a writer send the chunk
+/// from where it was read instead of copying it into a record first.
+pub fn encode_data_head(signature: u64, offset: u64, flags: u32, data: &[u8]) -> [u8; DATA_HEAD] {
+    let mut head = [0u8; DATA_HEAD];
+    let plen = (16 + data.len()) as u32;
+    head[4..8].copy_from_slice(&plen.to_le_bytes());
+    head[8] = rtype::DATA;
+    head[FRAME_LEN..FRAME_LEN + 8].copy_from_slice(&offset.to_le_bytes());
+    head[FRAME_LEN + 8..FRAME_LEN + 12].copy_from_slice(&flags.to_le_bytes());
+    let mut h = crc32fast::Hasher::new();
+    h.update(&signature.to_le_bytes());
+    h.update(&head[4..]);
+    h.update(data);
+    head[..4].copy_from_slice(&h.finalize().to_le_bytes());
+    head
+}
