@@ -8,6 +8,7 @@
 //! null or absent goes back to the agent's config).
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -60,12 +61,29 @@ pub fn serve(l: UnixListener, disks: Vec<DiskHandle>, stop: Arc<AtomicBool>) {
                     }
                 });
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_for_client(&l),
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
+    }
+}
+
+/// Waits until a client connects or 250 ms pass (the stop flag is looked
+/// at in between): an idle agent wakes 4 times a second here rather than
+/// polling accept 20 times.
+fn wait_for_client(l: &UnixListener) {
+    let mut fds = [libc::pollfd {
+        fd: l.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one valid pollfd for the listener, which outlives the call.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 1, 250) };
+    if rc < 0 {
+        // EINTR or a resource shortage: do not spin.
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -141,7 +141,7 @@ impl PointDisk for DiskWorker {
     }
 
     fn track(&mut self) -> Result<()> {
-        DiskWorker::track(self)
+        DiskWorker::track(self).map(|_| ())
     }
 
     fn precopy_all(&mut self) -> Result<()> {

@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,15 @@ pub(crate) struct Counters {
 
 /// Chunks handled per loop iteration before the trace buffers are read again.
 pub(super) const BATCH: usize = 64;
+/// The loop's wait between turns with nothing to capture while the disk is
+/// being written: the trace buffers are read every 10 ms.
+const WAIT_MIN: Duration = Duration::from_millis(10);
+/// A disk with no writes doubles the wait up to this, so an idle agent
+/// wakes 20 times a second rather than 100. A burst after a quiet spell
+/// waits at most this long in the trace buffer (4 MiB per CPU holds tens
+/// of thousands of completions); a request (a point, a group freeze)
+/// wakes the loop at once.
+const WAIT_MAX: Duration = Duration::from_millis(50);
 
 impl DiskWorker {
     pub fn open(agent: &AgentConfig, cfg: &DiskConfig, requests: Receiver<Request>) -> Result<Self> {
@@ -222,13 +231,14 @@ impl DiskWorker {
         Ok(())
     }
 
-    /// Reads the trace buffers; a loss restarts the resync scan.
-    pub(crate) fn track(&mut self) -> Result<()> {
+    /// Reads the trace buffers; a loss restarts the resync scan. Returns
+    /// the changes seen.
+    pub(crate) fn track(&mut self) -> Result<u64> {
         let o = self.tracker.poll(&mut self.log)?;
         if o.lost {
             self.on_loss();
         }
-        Ok(())
+        Ok(o.changes)
     }
 
     /// After a `Lost` record (the tracker wrote it and marked everything
@@ -356,8 +366,9 @@ impl DiskWorker {
     }
 
     fn run_loop(&mut self, stop: &AtomicBool) -> Result<()> {
+        let mut wait = WAIT_MIN;
         while !stop.load(Ordering::Relaxed) {
-            self.track()?;
+            let changes = self.track()?;
             if self.hot_rotated.elapsed() >= self.agent.hot_delay / 2 {
                 self.hot.rotate();
                 self.hot_rotated = Instant::now();
@@ -369,29 +380,7 @@ impl DiskWorker {
                 DiskMode::Bitmap | DiskMode::Paused => false,
             };
             while let Ok(req) = self.requests.try_recv() {
-                match req {
-                    Request::Point { app, reply } => {
-                        let r = self.point_request(app);
-                        // Any point restarts the periodic interval: no crash
-                        // point a moment after an asked-for app point.
-                        if r.ok {
-                            self.next_point = Instant::now() + self.agent.point_interval;
-                        }
-                        let _ = reply.send(r);
-                    }
-                    Request::GroupPrepare { reply } => {
-                        let _ = reply.send(self.group_prepare());
-                    }
-                    Request::GroupFreeze(job) => self.group_freeze(*job)?,
-                    Request::Reload { capture_rate, rpo_warn } => {
-                        tracing::info!(disk = %self.name, capture_rate, rpo_warn = ?rpo_warn, "configuration reloaded");
-                        self.reader.set_rate(capture_rate);
-                        self.agent.capture_rate = capture_rate;
-                        self.own.rpo_warn = rpo_warn;
-                        self.apply_policy(self.policy.clone());
-                    }
-                    Request::Policy(p) => self.apply_policy(p),
-                }
+                self.handle_request(req)?;
             }
             if !self.agent.point_interval.is_zero() && Instant::now() >= self.next_point {
                 self.next_point = Instant::now() + self.agent.point_interval;
@@ -405,9 +394,52 @@ impl DiskWorker {
             }
             self.log.tick()?;
             self.update_status();
-            if !busy {
-                std::thread::sleep(Duration::from_millis(10));
+            if busy {
+                continue;
             }
+            // A quiet disk is looked at less and less often; a write seen
+            // brings the loop back to its shortest wait.
+            wait = if changes > 0 {
+                WAIT_MIN
+            } else {
+                (wait * 2).min(WAIT_MAX)
+            };
+            match self.requests.recv_timeout(wait) {
+                Ok(req) => {
+                    wait = WAIT_MIN;
+                    self.handle_request(req)?;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+            }
+        }
+        Ok(())
+    }
+
+    /// A request from the daemon or the group coordinator.
+    fn handle_request(&mut self, req: Request) -> Result<()> {
+        match req {
+            Request::Point { app, reply } => {
+                let r = self.point_request(app);
+                // Any point restarts the periodic interval: no crash
+                // point a moment after an asked-for app point.
+                if r.ok {
+                    self.next_point = Instant::now() + self.agent.point_interval;
+                }
+                let _ = reply.send(r);
+            }
+            Request::GroupPrepare { reply } => {
+                let _ = reply.send(self.group_prepare());
+            }
+            Request::GroupFreeze(job) => self.group_freeze(*job)?,
+            Request::Reload { capture_rate, rpo_warn } => {
+                tracing::info!(disk = %self.name, capture_rate, rpo_warn = ?rpo_warn, "configuration reloaded");
+                self.reader.set_rate(capture_rate);
+                self.agent.capture_rate = capture_rate;
+                self.own.rpo_warn = rpo_warn;
+                self.apply_policy(self.policy.clone());
+            }
+            Request::Policy(p) => self.apply_policy(p),
         }
         Ok(())
     }
