@@ -3,7 +3,9 @@
 # it: agent + forwarder (shipping through a process server) against
 # agent + local `run --repo`, on one real agent tracking an ext4 loop
 # device under fio random 64 KiB writes at FIO_RATE (20m) for BENCH_SECS
-# (60), points every 10 s, both into Azurite. The process server's own CPU
+# (60), points every 10 s, both into Azurite; and before the writes, the
+# same processes' CPU per minute over BENCH_IDLE_SECS (20) with nothing
+# written. The process server's own CPU
 # is printed too but is not the machine's. Called by
 # `scripts/bench.sh machine`.
 set -euo pipefail
@@ -14,16 +16,14 @@ install_test_deps
 
 secs=${BENCH_SECS:-60}
 rate=${FIO_RATE:-20m}
+idle_secs=${BENCH_IDLE_SECS:-20}
 cargo build --release -q -p hrl-agent -p hrl-shipper
 agent=$PWD/target/release/hrl-agent
 shipper=$PWD/target/release/hrl-shipper
 work=$(mktemp -d /var/tmp/hrl-bench-machine-XXXXXX)
 loop=""; apid=""; spid=""; gpid=""
-stop_pid() { # pid: SIGTERM, then wait for it
-    [ -n "$1" ] && kill -TERM "$1" 2>/dev/null && wait "$1" 2>/dev/null || true
-}
 cleanup() {
-    stop_pid "$spid"; stop_pid "$apid"; stop_pid "$gpid"
+    stop_pid "$spid"; stop_pid "$apid"; stop_pid "$GATEWAY_PID"
     mountpoint -q "$work/mnt" 2>/dev/null && umount "$work/mnt" || true
     [ -n "$loop" ] && losetup -d "$loop" 2>/dev/null || true
     stop_azurite
@@ -41,22 +41,8 @@ key="$work/key"
 tag=$(date +%s)
 
 # The process server (run 2), started once.
-"$shipper" init --repo "az://bench-machine-$tag/gw" --key-file "$key" >/dev/null
-port=$(free_port)
-state="$work/gw-state"
-mkdir -p "$state"
-fp=$("$shipper" serve --state-dir "$state" --fingerprint)
-"$shipper" serve --listen "127.0.0.1:$port" --repo "az://bench-machine-$tag/gw" --key-file "$key" \
-    --state-dir "$state" 2>"$work/gateway.log" &
-gpid=$!
-wait_port "$port" || { echo "the process server did not start:" >&2; cat "$work/gateway.log" >&2; exit 1; }
-"$shipper" machines --state-dir "$state" add bench >"$work/token"
-"$shipper" enroll --gateway "https://127.0.0.1:$port" --fingerprint "$fp" --token-file "$work/token" \
-    --identity "$work/machine.id" >/dev/null
-
-ticks() { # pid: utime + stime in clock ticks
-    awk '{print $14 + $15}' "/proc/$1/stat"
-}
+start_bench_gateway "$shipper" "$work" "az://bench-machine-$tag/gw" "$key"
+gpid=$GATEWAY_PID
 
 # run MODE: agent + the machine's shipping process; writes its line to
 # $work/line-MODE.
@@ -80,7 +66,13 @@ run() {
     # The initial copy is shipped and its first points published before
     # the count starts.
     sleep 25
-    local a0 s0 g0 a1 s1 g1 bytes
+    local a0 s0 g0 a1 s1 g1 bytes idle what
+    what=$([ "$mode" = local ] && echo "local run --repo" || echo forwarder)
+    # What the machine pays while nothing is written (points still taken).
+    a0=$(ticks "$apid"); s0=$(ticks "$spid")
+    sleep "$idle_secs"
+    idle=$(python3 -c 'import sys; a, s, w, i = sys.argv[1:]; print(f"{int(a) * 0.6 / float(i):.2f} s/min agent, {int(s) * 0.6 / float(i):.2f} s/min {w}")' \
+        "$(($(ticks "$apid") - a0))" "$(($(ticks "$spid") - s0))" "$what" "$idle_secs")
     a0=$(ticks "$apid"); s0=$(ticks "$spid"); g0=$(ticks "$gpid")
     bytes=$(fio --name=w --directory="$work/mnt" --rw=randwrite --bs=64k --size=512m --ioengine=psync \
         --direct=1 --fsync=16 --time_based --runtime="$secs" --rate="$rate" --output-format=json 2>/dev/null |
@@ -90,13 +82,13 @@ run() {
     a1=$(ticks "$apid"); s1=$(ticks "$spid"); g1=$(ticks "$gpid")
     stop_pid "$spid"; spid=""
     stop_pid "$apid"; apid=""
-    python3 - "$mode" "$bytes" "$a0" "$a1" "$s0" "$s1" "$g0" "$g1" >"$work/line-$mode" <<'EOF'
+    python3 - "$mode" "$bytes" "$a0" "$a1" "$s0" "$s1" "$g0" "$g1" "$idle" >"$work/line-$mode" <<'EOF'
 import sys
 mode, b = sys.argv[1], int(sys.argv[2]) / 1e9
-a0, a1, s0, s1, g0, g1 = (int(x) / 100 for x in sys.argv[3:])
+a0, a1, s0, s1, g0, g1 = (int(x) / 100 for x in sys.argv[3:9])
 agent, ship, gw = a1 - a0, s1 - s0, g1 - g0
 what = "local run --repo" if mode == "local" else "forwarder"
-print(f"{mode}: {b:.2f} GB changed; agent {agent:.1f} s CPU ({agent / b:.2f} s/GB), {what} {ship:.1f} s ({ship / b:.2f} s/GB), machine {(agent + ship) / b:.2f} s/GB" + (f"; process server {gw:.1f} s ({gw / b:.2f} s/GB)" if mode != "local" else ""))
+print(f"{mode}: {b:.2f} GB changed; agent {agent:.1f} s CPU ({agent / b:.2f} s/GB), {what} {ship:.1f} s ({ship / b:.2f} s/GB), machine {(agent + ship) / b:.2f} s/GB" + (f"; process server {gw:.1f} s ({gw / b:.2f} s/GB)" if mode != "local" else "") + f"; idle: {sys.argv[9]}")
 EOF
 }
 

@@ -34,6 +34,9 @@ gateway)
 machine)
     exec bash scripts/bench-machine.sh
     ;;
+pgbench)
+    exec bash scripts/bench-pgbench.sh
+    ;;
 azure)
     exec bash scripts/bench-azure.sh
     ;;
@@ -47,7 +50,7 @@ reboot)
     exec bash scripts/bench-reboot.sh
     ;;
 *)
-    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | machine | index | azure | memory | reboot" >&2
+    echo "usage: scripts/bench.sh hrl [MiB] | tracker | capture | points | groups | shipper | gateway | machine | pgbench | index | azure | memory | reboot" >&2
     exit 2
     ;;
 esac

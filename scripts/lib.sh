@@ -57,6 +57,38 @@ wait_for_data() {
     return 1
 }
 
+# Stops a process this script started: SIGTERM, then waits for it.
+stop_pid() {
+    [ -n "${1:-}" ] && kill -TERM "$1" 2>/dev/null && wait "$1" 2>/dev/null || true
+}
+
+# utime + stime of a process, in clock ticks.
+ticks() {
+    awk '{print $14 + $15}' "/proc/$1/stat"
+}
+
+# A benchmark's process server: `start_bench_gateway SHIPPER WORK REPO KEY
+# [LAUNCHER...]` creates repository REPO with key file KEY, serves it on a
+# free loopback port from WORK/gw-state (log in WORK/gateway.log; LAUNCHER,
+# e.g. `taskset -c 1`, runs the server) and enrolls one machine, its
+# identity in WORK/machine.id. Sets GATEWAY_PID.
+GATEWAY_PID=""
+start_bench_gateway() {
+    local shipper=$1 work=$2 repo=$3 key=$4 port fp
+    shift 4
+    "$shipper" init --repo "$repo" --key-file "$key" >/dev/null
+    port=$(free_port)
+    mkdir -p "$work/gw-state"
+    fp=$("$shipper" serve --state-dir "$work/gw-state" --fingerprint)
+    "$@" "$shipper" serve --listen "127.0.0.1:$port" --repo "$repo" --key-file "$key" \
+        --state-dir "$work/gw-state" 2>"$work/gateway.log" &
+    GATEWAY_PID=$!
+    wait_port "$port" || { echo "the process server did not start:" >&2; cat "$work/gateway.log" >&2; return 1; }
+    "$shipper" machines --state-dir "$work/gw-state" add bench >"$work/token"
+    "$shipper" enroll --gateway "https://127.0.0.1:$port" --fingerprint "$fp" --token-file "$work/token" \
+        --identity "$work/machine.id" >/dev/null
+}
+
 # Azurite (npm package `azurite`) for the blob-store tests: installed into
 # target/azurite, started on a free loopback port with its own data folder
 # and telemetry off, stopped by its PID. AZURITE_EXTRA_ARGS adds options
