@@ -80,7 +80,7 @@ pub struct Ingest {
     quota: u64,
     open: Mutex<HashMap<(String, Uuid), OpenSegment>>,
     /// Bytes each machine holds in the cache, and when that was measured.
-    usage: Mutex<HashMap<String, (u64, Instant)>>,
+    usage: Mutex<HashMap<String, (u64, Option<Instant>)>>,
 }
 
 fn received_path(spool: &Path, disk: &Uuid) -> PathBuf {
@@ -209,11 +209,11 @@ impl Ingest {
             return Ok(());
         }
         let mut u = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        let e = u
-            .entry(machine.to_string())
-            .or_insert((0, Instant::now() - Duration::from_secs(10)));
-        if e.1.elapsed() >= Duration::from_secs(1) {
-            *e = (dir_bytes(&self.spool(machine)), Instant::now());
+        // Never measured yet: measure now (no instant in the past stands
+        // for it: a monotonic clock may be younger than any such offset).
+        let e = u.entry(machine.to_string()).or_insert((0, None));
+        if e.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *e = (dir_bytes(&self.spool(machine)), Some(Instant::now()));
         }
         if e.0 + adding > self.quota {
             return Err(Rejected::Full(format!(

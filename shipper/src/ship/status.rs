@@ -76,33 +76,30 @@ impl DiskShipStatus {
 pub const FILE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// When a daemon's status is due: the shared status (metrics) every
-/// second, the file every [`FILE_EVERY`].
+/// second, the file every [`FILE_EVERY`]. Both are due at once at first
+/// (`None`: never done; not "10 s ago", which would panic on a monotonic
+/// clock younger than that, as it is for a service started at boot).
+#[derive(Default)]
 pub struct StatusClock {
-    updated: std::time::Instant,
-    written: std::time::Instant,
-}
-
-impl Default for StatusClock {
-    fn default() -> Self {
-        let long_ago = std::time::Instant::now() - std::time::Duration::from_secs(10);
-        StatusClock {
-            updated: long_ago,
-            written: long_ago,
-        }
-    }
+    updated: Option<std::time::Instant>,
+    written: Option<std::time::Instant>,
 }
 
 impl StatusClock {
     /// `None`: nothing due; `Some(file)`: update the shared status, and
     /// write the file too when `file`.
     pub fn due(&mut self) -> Option<bool> {
-        if self.updated.elapsed() < std::time::Duration::from_secs(1) {
+        if self
+            .updated
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1))
+        {
             return None;
         }
-        self.updated = std::time::Instant::now();
-        let file = self.written.elapsed() >= FILE_EVERY;
+        let now = std::time::Instant::now();
+        self.updated = Some(now);
+        let file = self.written.is_none_or(|t| t.elapsed() >= FILE_EVERY);
         if file {
-            self.written = self.updated;
+            self.written = Some(now);
         }
         Some(file)
     }
@@ -298,5 +295,17 @@ pub fn serve_metrics(st: &SharedStatus, addr: &str) -> Option<std::net::SocketAd
             tracing::warn!(address = %addr, error = %e, "no metrics endpoint");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_clock_is_due_at_once_with_the_file_and_not_again_within_a_second() {
+        let mut c = StatusClock::default();
+        assert_eq!(c.due(), Some(true));
+        assert_eq!(c.due(), None);
     }
 }
