@@ -7,8 +7,9 @@
 # + local `run --repo`, with agent + forwarder through the process server,
 # and with no replication again (the database's own drift). Called by
 # `scripts/bench.sh pgbench`. BENCH_SECS (60) per run, PGBENCH_SCALE (20),
-# PGBENCH_CLIENTS (4); synchronous_commit is off so the database is bound
-# by CPU, not by the disk's flushes.
+# PGBENCH_CLIENTS (4), AGENT_FLAGS (more `hrl-agent run` options, e.g.
+# "--hot-delay 5s"); synchronous_commit is off so the database is bound by
+# CPU, not by the disk's flushes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -66,17 +67,22 @@ as_pg taskset -c 0 "$pgbin/pg_ctl" -D "$pg" -l "$work/sock/pg.log" -w \
 step "pgbench -i -s $scale"
 as_pg taskset -c 0 "$pgbin/pgbench" -h "$work/sock" -p "$port" -i -q -s "$scale" postgres >/dev/null 2>&1
 
-tps() { # SECONDS: tps of one pgbench run on CPU 0
-    as_pg taskset -c 0 "$pgbin/pgbench" -h "$work/sock" -p "$port" -c "$clients" -j 1 -T "$1" -n postgres 2>/dev/null |
-        awk '/^tps = / {print $3; exit}'
+tps() { # SECONDS: tps of one pgbench run on CPU 0 (its output kept in $work/pgbench.out)
+    as_pg taskset -c 0 "$pgbin/pgbench" -h "$work/sock" -p "$port" -c "$clients" -j 1 -T "$1" -n postgres \
+        >"$work/pgbench.out" 2>&1 || true
+    awk '/^tps = / {print $3; exit}' "$work/pgbench.out"
+}
+check_tps() { # VALUE: stops the bench with pgbench's output when a run gave no tps
+    [ -n "$1" ] || { echo "pgbench gave no tps:" >&2; cat "$work/pgbench.out" >&2; exit 1; }
 }
 
 # protect MODE: starts the agent and the machine's shipping process on
 # CPU 0 and waits until the initial copy has left the spool.
 protect() {
     local mode=$1 spool="$work/spool-$1"
+    # shellcheck disable=SC2086 # AGENT_FLAGS is split into options
     taskset -c 0 "$agent" run --device "$loop" --spool "$spool" --name "pg-$mode" --point-interval 10s \
-        --spool-limit 4GiB 2>"$work/agent-$mode.log" &
+        --spool-limit 4GiB ${AGENT_FLAGS:-} 2>"$work/agent-$mode.log" &
     apid=$!
     wait_for_data "$agent" "$spool" 900 ||
         { echo "agent did not reach data mode:" >&2; cat "$work/agent-$mode.log" >&2; exit 1; }
@@ -108,6 +114,7 @@ measure() {
     protect "$mode"
     a0=$(ticks "$apid"); s0=$(ticks "$spid"); c0=$(captured "$work/spool-$mode")
     t=$(tps "$secs")
+    check_tps "$t"
     MEASURED="$t $(($(ticks "$apid") - a0)) $(($(ticks "$spid") - s0)) $(($(captured "$work/spool-$mode") - c0))"
     stop_pid "$spid"; spid=""
     stop_pid "$apid"; apid=""
@@ -117,6 +124,7 @@ step "warm-up (20 s, not counted)"
 tps 20 >/dev/null
 step "no replication ($secs s)"
 base1=$(tps "$secs")
+check_tps "$base1"
 step "agent + local run --repo ($secs s)"
 measure local
 local_run=$MEASURED
@@ -125,6 +133,7 @@ measure gateway
 gateway_run=$MEASURED
 step "no replication again ($secs s)"
 base2=$(tps "$secs")
+check_tps "$base2"
 python3 - "$base1" "$base2" $local_run $gateway_run "$secs" "$clients" "$scale" <<'EOF'
 import sys
 b1, b2 = float(sys.argv[1]), float(sys.argv[2])
