@@ -8,8 +8,9 @@
 # and with no replication again (the database's own drift). Called by
 # `scripts/bench.sh pgbench`. BENCH_SECS (60) per run, PGBENCH_SCALE (20),
 # PGBENCH_CLIENTS (4), AGENT_FLAGS (more `hrl-agent run` options, e.g.
-# "--hot-delay 5s"); synchronous_commit is off so the database is bound by
-# CPU, not by the disk's flushes.
+# "--hot-delay 5s"), CHUNK_SIZE (65536: the repositories' and the agent's
+# chunk); synchronous_commit is off so the database is bound by CPU, not
+# by the disk's flushes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -27,6 +28,8 @@ fi
 secs=${BENCH_SECS:-60}
 scale=${PGBENCH_SCALE:-20}
 clients=${PGBENCH_CLIENTS:-4}
+chunk=${CHUNK_SIZE:-65536}
+export INIT_FLAGS="--chunk-size $chunk"
 cargo build --release -q -p hrl-agent -p hrl-shipper
 agent=$PWD/target/release/hrl-agent
 shipper=$PWD/target/release/hrl-shipper
@@ -82,12 +85,13 @@ protect() {
     local mode=$1 spool="$work/spool-$1"
     # shellcheck disable=SC2086 # AGENT_FLAGS is split into options
     taskset -c 0 "$agent" run --device "$loop" --spool "$spool" --name "pg-$mode" --point-interval 10s \
-        --spool-limit 4GiB ${AGENT_FLAGS:-} 2>"$work/agent-$mode.log" &
+        --spool-limit 4GiB --chunk-size "$chunk" ${AGENT_FLAGS:-} 2>"$work/agent-$mode.log" &
     apid=$!
     wait_for_data "$agent" "$spool" 900 ||
         { echo "agent did not reach data mode:" >&2; cat "$work/agent-$mode.log" >&2; exit 1; }
     if [ "$mode" = local ]; then
-        "$shipper" init --repo "az://bench-pgbench-$tag/local" --key-file "$key" >/dev/null
+        # shellcheck disable=SC2086 # INIT_FLAGS is split into options
+        "$shipper" init --repo "az://bench-pgbench-$tag/local" --key-file "$key" $INIT_FLAGS >/dev/null
         taskset -c 0 "$shipper" run --repo "az://bench-pgbench-$tag/local" --key-file "$key" --spool "$spool" \
             --metrics-listen "" >/dev/null 2>"$work/shipper-$mode.log" &
     else
@@ -134,13 +138,13 @@ gateway_run=$MEASURED
 step "no replication again ($secs s)"
 base2=$(tps "$secs")
 check_tps "$base2"
-python3 - "$base1" "$base2" $local_run $gateway_run "$secs" "$clients" "$scale" <<'EOF'
+python3 - "$base1" "$base2" $local_run $gateway_run "$secs" "$clients" "$scale" "$chunk" <<'EOF'
 import sys
 b1, b2 = float(sys.argv[1]), float(sys.argv[2])
 lt, la, ls, lc, gt, ga, gs, gc = (float(x) for x in sys.argv[3:11])
-secs, clients, scale = sys.argv[11:14]
+secs, clients, scale, chunk = sys.argv[11:15]
 base = (b1 + b2) / 2
-print(f"pgbench -c {clients} -s {scale}, {secs} s per run, the machine on one CPU:")
+print(f"pgbench -c {clients} -s {scale}, {secs} s per run, chunks of {chunk} bytes, the machine on one CPU:")
 print(f"  no replication: {b1:.0f} tps before, {b2:.0f} after (mean {base:.0f})")
 print(f"  agent + local run --repo: {lt:.0f} tps ({lt / base:.2f} of no replication); agent {la / 100:.1f} s CPU, local shipper {ls / 100:.1f} s; {lc / 1e9:.2f} GB captured")
 print(f"  agent + forwarder:        {gt:.0f} tps ({gt / base:.2f} of no replication); agent {ga / 100:.1f} s CPU, forwarder {gs / 100:.1f} s; {gc / 1e9:.2f} GB captured")

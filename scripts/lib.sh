@@ -71,12 +71,14 @@ ticks() {
 # [LAUNCHER...]` creates repository REPO with key file KEY, serves it on a
 # free loopback port from WORK/gw-state (log in WORK/gateway.log; LAUNCHER,
 # e.g. `taskset -c 1`, runs the server) and enrolls one machine, its
-# identity in WORK/machine.id. Sets GATEWAY_PID.
+# identity in WORK/machine.id. INIT_FLAGS adds options to `init` (e.g.
+# "--chunk-size 16384"). Sets GATEWAY_PID.
 GATEWAY_PID=""
 start_bench_gateway() {
     local shipper=$1 work=$2 repo=$3 key=$4 port fp
     shift 4
-    "$shipper" init --repo "$repo" --key-file "$key" >/dev/null
+    # shellcheck disable=SC2086 # INIT_FLAGS is split into options
+    "$shipper" init --repo "$repo" --key-file "$key" ${INIT_FLAGS:-} >/dev/null
     port=$(free_port)
     mkdir -p "$work/gw-state"
     fp=$("$shipper" serve --state-dir "$work/gw-state" --fingerprint)
