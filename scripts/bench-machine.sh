@@ -5,9 +5,8 @@
 # device under fio random 64 KiB writes at FIO_RATE (20m) for BENCH_SECS
 # (60), points every 10 s, both into Azurite; and before the writes, the
 # same processes' CPU per minute over BENCH_IDLE_SECS (20) with nothing
-# written. The process server's own CPU
-# is printed too but is not the machine's. Called by
-# `scripts/bench.sh machine`.
+# written. The process server's own CPU is printed too but is not the
+# machine's. Called by `scripts/bench.sh machine`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
