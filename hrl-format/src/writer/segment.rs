@@ -39,27 +39,12 @@ impl SegmentWriter {
     /// the header, and fsyncs the directory.
     pub fn create(dir: &Path, header: FileHeader) -> Result<Self> {
         let path = dir.join(segment_file_name(header.disk_id, header.seq));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| FormatError::io(&path, "create segment", e))?;
-        let h = header.encode();
-        file.write_all(&h)
-            .map_err(|e| FormatError::io(&path, "write header", e))?;
-        file.sync_all().map_err(|e| FormatError::io(&path, "fsync", e))?;
+        let mut w = Self::create_at(&path, header)?;
+        w.file.sync_all().map_err(|e| FormatError::io(&path, "fsync", e))?;
         sync_dir(dir)?;
-        Ok(SegmentWriter {
-            file,
-            path,
-            header,
-            buf: Vec::with_capacity(WRITE_BUFFER + 128 * 1024),
-            written: h.len() as u64,
-            records: 0,
-            unsynced: false,
-            created: Instant::now(),
-        })
+        w.unsynced = false;
+        w.buf.reserve(WRITE_BUFFER + 128 * 1024);
+        Ok(w)
     }
 
     pub fn path(&self) -> &Path {
@@ -156,16 +141,22 @@ impl SegmentWriter {
 
     /// Appends the seal, fsyncs, and makes the file read-only.
     pub fn seal(mut self) -> Result<PathBuf> {
+        self.seal_as(false)?;
+        Ok(self.path)
+    }
+
+    /// Appends a seal (`recovered`: written by recovery, not the writer),
+    /// fsyncs and makes the file read-only.
+    fn seal_as(&mut self, recovered: bool) -> Result<()> {
         let seal = Record::Seal(Seal {
             records: self.records,
             bytes: self.len(),
             time_ns: crate::now_ns(),
-            recovered: false,
+            recovered,
         });
         self.append(&seal)?;
         self.sync()?;
-        set_read_only(&self.file, &self.path)?;
-        Ok(self.path)
+        set_read_only(&self.file, &self.path)
     }
 }
 
@@ -203,16 +194,7 @@ impl SegmentWriter {
     }
 
     pub(super) fn seal_recovered(mut self) -> Result<()> {
-        let seal = Record::Seal(Seal {
-            records: self.records,
-            bytes: self.len(),
-            time_ns: crate::now_ns(),
-            recovered: true,
-        });
-        self.append(&seal)?;
-        self.unsynced = true;
-        self.sync()?;
-        set_read_only(&self.file, &self.path)
+        self.seal_as(true)
     }
 }
 
