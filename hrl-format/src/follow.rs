@@ -8,13 +8,12 @@
 //! tail (counted in [`Follower::abandoned_tails`]) and moves on, which is what
 //! writer recovery does to the file too.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::direct_read::{ReadBytes, SpoolFile};
 use crate::error::{FormatError, Result};
 use crate::header::FileHeader;
 use crate::reader::{check_frame, frame_payload_len, header_error, FrameCheck};
@@ -46,14 +45,14 @@ pub struct Followed {
 struct Open {
     seq: u64,
     path: PathBuf,
-    file: File,
+    file: SpoolFile,
     header: FileHeader,
     pos: u64,
     /// Length of the file when last looked at: records below it are read
     /// without another stat.
     len: u64,
     /// Read-ahead: `buf` holds the file's bytes from `buf_off`.
-    buf: Vec<u8>,
+    buf: Option<ReadBytes>,
     buf_off: u64,
 }
 
@@ -69,24 +68,26 @@ impl Open {
         if fresh || end > self.len {
             self.len = self
                 .file
-                .metadata()
-                .map_err(|e| FormatError::io(&self.path, "stat", e))?
-                .len();
+                .file_len()
+                .map_err(|e| FormatError::io(&self.path, "stat", e))?;
             if end > self.len {
                 return Ok(None);
             }
         }
-        let covered = self.buf_off <= pos && end <= self.buf_off + self.buf.len() as u64;
+        let held = self.buf.as_ref().map_or(0, |b| b.len() as u64);
+        let covered = self.buf_off <= pos && end <= self.buf_off + held;
         if fresh || !covered {
+            self.buf = None;
             let want = (n.max(READ_AHEAD) as u64).min(self.len - pos) as usize;
-            self.buf.resize(want, 0);
-            self.file
-                .read_exact_at(&mut self.buf, pos)
+            let got = self
+                .file
+                .read_range(pos, want)
                 .map_err(|e| FormatError::io(&self.path, "read", e))?;
+            self.buf = Some(got);
             self.buf_off = pos;
         }
         let a = (pos - self.buf_off) as usize;
-        Ok(Some(&self.buf[a..a + n]))
+        Ok(self.buf.as_deref().map(|b| &b[a..a + n]))
     }
 }
 
@@ -99,6 +100,10 @@ pub struct Follower {
     abandoned: u64,
     /// How long [`Follower::next_timeout`] sleeps between looks.
     pub poll: Duration,
+    /// Read segments with `O_DIRECT` ([`crate::direct_read`]): for an
+    /// agent's spool, whose writer writes directly; not for files written
+    /// through the page cache.
+    pub direct: bool,
     frame: [u8; FRAME_LEN],
 }
 
@@ -120,6 +125,7 @@ impl Follower {
             open: None,
             abandoned: 0,
             poll: Duration::from_millis(20),
+            direct: false,
             frame: [0u8; FRAME_LEN],
         }
     }
@@ -177,7 +183,7 @@ impl Follower {
             }
         }
         let path = self.segment_path(self.cursor.seq);
-        let file = match File::open(&path) {
+        let file = match SpoolFile::open(&path, self.direct) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let segs = list_segments(&self.dir, Some(self.disk))?;
@@ -196,11 +202,10 @@ impl Follower {
             }
             Err(e) => return Err(FormatError::io(&path, "open", e)),
         };
-        let mut hbuf = vec![0u8; 4096];
-        let n = file
-            .read_at(&mut hbuf, 0)
+        let hbuf = file
+            .read_upto(0, 4096)
             .map_err(|e| FormatError::io(&path, "read header", e))?;
-        let header = match FileHeader::decode(&hbuf[..n]) {
+        let header = match FileHeader::decode(&hbuf) {
             Ok(h) => h,
             Err(crate::header::HeaderError::TooShort(_)) if !self.newer_exists(self.cursor.seq) => {
                 // The writer is creating it right now.
@@ -230,7 +235,7 @@ impl Follower {
             header,
             pos,
             len: 0,
-            buf: Vec::new(),
+            buf: None,
             buf_off: 0,
         });
         Ok(true)

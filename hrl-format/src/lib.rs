@@ -6,6 +6,7 @@
 //! layout; the agent writes through [`LogWriter`], the shipper reads through
 //! [`Follower`]. The layout is specified in `docs/hrl-format.md`.
 
+pub mod direct_read;
 pub mod error;
 pub mod follow;
 pub mod header;

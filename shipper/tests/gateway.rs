@@ -117,7 +117,7 @@ impl Gw {
     }
 
     fn call(&self, c: &GatewayClient, m: Method, path: &str, body: Option<Vec<u8>>) -> (u16, serde_json::Value) {
-        match self.rt.block_on(c.call(m, path, body)).unwrap() {
+        match self.rt.block_on(c.call(m, path, body.map(Into::into))).unwrap() {
             Ok(v) => (200, v),
             Err(a) => (a.status, a.body),
         }

@@ -9,6 +9,7 @@
 //! configured interval, or by [`LogWriter::sync`].
 
 mod config;
+mod direct;
 mod log;
 mod recover;
 mod segment;

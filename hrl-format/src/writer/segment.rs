@@ -2,27 +2,23 @@
 //! records buffered and written, sealed read-only.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::direct::{AppendFile, WRITE_BUFFER};
 use crate::error::{FormatError, Result};
 use crate::header::FileHeader;
 use crate::record::{encode_data_head, encode_framed, Record, Seal, MAX_PAYLOAD};
 use crate::spool::segment_file_name;
 
-/// Buffered bytes that trigger a write to the file.
-const WRITE_BUFFER: usize = 1 << 20;
-
 /// Writer of one segment file.
 pub struct SegmentWriter {
-    file: File,
+    out: AppendFile,
     path: PathBuf,
     header: FileHeader,
-    buf: Vec<u8>,
-    /// Bytes written to the file (not counting `buf`).
-    written: u64,
+    /// A record other than `Data` is framed here, then gathered.
+    scratch: Vec<u8>,
     records: u64,
     unsynced: bool,
     created: Instant,
@@ -40,10 +36,12 @@ impl SegmentWriter {
     pub fn create(dir: &Path, header: FileHeader) -> Result<Self> {
         let path = dir.join(segment_file_name(header.disk_id, header.seq));
         let mut w = Self::create_at(&path, header)?;
-        w.file.sync_all().map_err(|e| FormatError::io(&path, "fsync", e))?;
+        w.out
+            .file()
+            .sync_all()
+            .map_err(|e| FormatError::io(&path, "fsync", e))?;
         sync_dir(dir)?;
         w.unsynced = false;
-        w.buf.reserve(WRITE_BUFFER + 128 * 1024);
         Ok(w)
     }
 
@@ -55,7 +53,7 @@ impl SegmentWriter {
     }
     /// Logical length: bytes written plus bytes buffered.
     pub fn len(&self) -> u64 {
-        self.written + self.buf.len() as u64
+        self.out.len()
     }
     /// Whether no record was appended yet.
     pub fn is_empty(&self) -> bool {
@@ -80,12 +78,12 @@ impl SegmentWriter {
             )));
         }
         let at = self.len();
-        encode_framed(self.header.signature, rec, &mut self.buf);
-        self.records += 1;
-        self.unsynced = true;
-        if self.buf.len() >= WRITE_BUFFER {
-            self.flush()?;
-        }
+        self.scratch.clear();
+        encode_framed(self.header.signature, rec, &mut self.scratch);
+        self.out
+            .extend(&[&self.scratch])
+            .map_err(|e| FormatError::io(&self.path, "write", e))?;
+        self.appended()?;
         Ok(at)
     }
 
@@ -103,35 +101,36 @@ impl SegmentWriter {
             )));
         }
         let at = self.len();
-        self.buf
-            .extend_from_slice(&encode_data_head(self.header.signature, offset, flags, data));
-        self.buf.extend_from_slice(data);
+        let head = encode_data_head(self.header.signature, offset, flags, data);
+        self.out
+            .extend(&[&head, data])
+            .map_err(|e| FormatError::io(&self.path, "write", e))?;
+        self.appended()?;
+        Ok(at)
+    }
+
+    /// Counts a record gathered; writes when enough is gathered.
+    fn appended(&mut self) -> Result<()> {
         self.records += 1;
         self.unsynced = true;
-        if self.buf.len() >= WRITE_BUFFER {
+        if self.out.pending() >= WRITE_BUFFER {
             self.flush()?;
         }
-        Ok(at)
+        Ok(())
     }
 
     /// Writes buffered records to the file (visible to readers, not yet
     /// durable).
     pub fn flush(&mut self) -> Result<()> {
-        if !self.buf.is_empty() {
-            self.file
-                .write_all(&self.buf)
-                .map_err(|e| FormatError::io(&self.path, "write", e))?;
-            self.written += self.buf.len() as u64;
-            self.buf.clear();
-        }
-        Ok(())
+        self.out.flush().map_err(|e| FormatError::io(&self.path, "write", e))
     }
 
     /// Flushes and fdatasyncs: every record appended so far is durable.
     pub fn sync(&mut self) -> Result<()> {
         self.flush()?;
         if self.unsynced {
-            self.file
+            self.out
+                .file()
                 .sync_data()
                 .map_err(|e| FormatError::io(&self.path, "fdatasync", e))?;
             self.unsynced = false;
@@ -156,7 +155,7 @@ impl SegmentWriter {
         });
         self.append(&seal)?;
         self.sync()?;
-        set_read_only(&self.file, &self.path)
+        set_read_only(self.out.file(), &self.path)
     }
 }
 
@@ -172,21 +171,20 @@ pub(super) fn set_read_only(f: &File, path: &Path) -> Result<()> {
 impl SegmentWriter {
     /// Creates a segment at an explicit path (recovery's temporary file).
     pub(super) fn create_at(path: &Path, header: FileHeader) -> Result<Self> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
             .map_err(|e| FormatError::io(path, "create segment", e))?;
         let h = header.encode();
-        file.write_all(&h)
+        file.write_all_at(&h, 0)
             .map_err(|e| FormatError::io(path, "write header", e))?;
         Ok(SegmentWriter {
-            file,
+            out: AppendFile::new(file, path, h.len() as u64),
             path: path.to_path_buf(),
             header,
-            buf: Vec::new(),
-            written: h.len() as u64,
+            scratch: Vec::new(),
             records: 0,
             unsynced: true,
             created: Instant::now(),

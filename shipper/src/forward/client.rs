@@ -155,7 +155,7 @@ impl GatewayClient {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<bytes::Bytes>,
     ) -> Result<std::result::Result<Value, Answer>> {
         let mut req = self.http.request(method, format!("{}{path}", self.url));
         if let Some(a) = &self.auth {

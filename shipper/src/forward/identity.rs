@@ -58,7 +58,7 @@ pub async fn enroll(gateway: &str, fingerprint: &str, token: &str, out: &Path) -
     let c = GatewayClient::new(gateway, fingerprint, None)?;
     let body = serde_json::to_vec(&serde_json::json!({ "token": token.trim() }))
         .map_err(|e| ShipError::Internal(format!("encode enrollment: {e}")))?;
-    let v = match c.call(reqwest::Method::POST, "/v1/enroll", Some(body)).await? {
+    let v = match c.call(reqwest::Method::POST, "/v1/enroll", Some(body.into())).await? {
         Ok(v) => v,
         Err(a) => {
             return Err(ShipError::Usage(format!(

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use hrl_format::direct_read::SpoolFile;
 use hrl_format::SegmentStream;
 use reqwest::Method;
 use uuid::Uuid;
@@ -313,8 +314,10 @@ fn refused(c: &GatewayClient, disk: Uuid, a: super::client::Answer) -> ShipError
 
 /// The checked stream of `path` up to `offset` (what the gateway holds).
 fn stream_at(path: &Path, offset: u64) -> Result<SegmentStream> {
-    let f = std::fs::File::open(path).map_err(|e| ShipError::io(path, "open", e))?;
-    let buf = read_range(&f, 0, offset as usize).map_err(|e| ShipError::io(path, "read", e))?;
+    let f = SpoolFile::open(path, true).map_err(|e| ShipError::io(path, "open", e))?;
+    let buf = f
+        .read_range(0, offset as usize)
+        .map_err(|e| ShipError::io(path, "read", e))?;
     let mut s = SegmentStream::new(path);
     if s.take_whole(&buf)? as u64 != offset {
         return Err(ShipError::corrupt(
@@ -337,10 +340,12 @@ async fn send(
         Some((s, stream)) if s == seq && stream.position() == offset => stream,
         _ => stream_at(path, offset)?,
     };
-    let f = std::fs::File::open(path).map_err(|e| ShipError::io(path, "open", e))?;
-    let len = f.metadata().map_err(|e| ShipError::io(path, "stat", e))?.len();
+    // Direct: the agent wrote the segment's blocks past the page cache.
+    let f = SpoolFile::open(path, true).map_err(|e| ShipError::io(path, "open", e))?;
+    let len = f.file_len().map_err(|e| ShipError::io(path, "stat", e))?;
     let want = (len.saturating_sub(offset) as usize).min(crate::gateway::server::MAX_BODY - 1024);
-    let mut buf = read_range(&f, offset, want.min(RANGE.max(first_record_len(&f, offset, want))))
+    let buf = f
+        .read_range(offset, want.min(RANGE.max(first_record_len(&f, offset, want))))
         .map_err(|e| ShipError::io(path, "read", e))?;
     let mut next = stream.clone();
     let n = next.take_whole(&buf)?;
@@ -348,13 +353,15 @@ async fn send(
         st.stream = Some((seq, stream));
         return Ok(false);
     }
-    buf.truncate(n);
+    // The request body owns the read's memory: no copy.
+    let (mem, range) = buf.into_parts();
+    let body = bytes::Bytes::from(mem).slice(range.start..range.start + n);
     report.requests += 1;
     let r = c
         .call(
             Method::PUT,
             &format!("/v1/disks/{disk}/segments/{seq}?offset={offset}"),
-            Some(buf),
+            Some(body),
         )
         .await?;
     match r {
@@ -379,26 +386,11 @@ async fn send(
     }
 }
 
-/// `len` bytes of `f` from `offset`, read into fresh memory without
-/// zeroing it first (a forwarder reads every byte it sends once).
-fn read_range(f: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::{Read, Seek};
-    let mut buf = Vec::with_capacity(len);
-    let mut r = f;
-    r.seek(std::io::SeekFrom::Start(offset))?;
-    r.take(len as u64).read_to_end(&mut buf)?;
-    if buf.len() < len {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(buf)
-}
-
 /// Bytes from `offset` to the end of the record that starts there (so one
 /// record larger than [`RANGE`] still goes in one request).
-fn first_record_len(f: &std::fs::File, offset: u64, available: usize) -> usize {
-    use std::os::unix::fs::FileExt;
+fn first_record_len(f: &SpoolFile, offset: u64, available: usize) -> usize {
     let mut frame = [0u8; 16];
-    if offset == 0 || f.read_exact_at(&mut frame, offset).is_err() {
+    if offset == 0 || f.read_small(&mut frame, offset).is_err() {
         return 0;
     }
     SegmentStream::record_len(&frame).unwrap_or(0).min(available)

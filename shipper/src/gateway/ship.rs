@@ -144,6 +144,8 @@ async fn ship_one(
         o.poll = Duration::from_millis(100);
         o.index = Some(index.clone());
         o.lease.period = lease_period;
+        // The cache is written through the page cache and read soon after.
+        o.direct_reads = false;
         // The status file in the machine's cache spool is what the fleet
         // view reads (published points, bytes not yet published).
         o.status = Some(Arc::new(std::sync::Mutex::new(ShipStatus {

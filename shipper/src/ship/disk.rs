@@ -86,8 +86,15 @@ pub(super) struct DiskShipper {
 /// while the next pack is built; memory is bounded by this many packs.
 const UPLOADS: usize = 4;
 
+fn follower(spool: &Path, disk: Uuid, start: Cursor, direct: bool) -> Follower {
+    let mut f = Follower::new(spool, disk, start);
+    f.direct = direct;
+    f
+}
+
 impl DiskShipper {
-    pub(super) fn new(spool: &Path, disk: Uuid) -> Result<Self> {
+    /// `direct`: read the spool with `O_DIRECT` ([`ShipOptions::direct_reads`]).
+    pub(super) fn new(spool: &Path, disk: Uuid, direct: bool) -> Result<Self> {
         let (start, j) = resume_point(spool, &disk)?;
         // Resuming inside a segment skips its Identity record: read it.
         let seg = spool.join(hrl_format::segment_file_name(disk, start.seq));
@@ -100,7 +107,7 @@ impl DiskShipper {
         };
         Ok(DiskShipper {
             disk,
-            follower: Follower::new(spool, disk, start),
+            follower: follower(spool, disk, start, direct),
             window: j.map,
             window_data: j.data_bytes,
             window_new: j.new_bytes,
@@ -366,7 +373,7 @@ impl DiskShipper {
     /// spool again from the saved cursor.
     pub(super) fn reset(&mut self, spool: &Path) -> Result<()> {
         let (start, j) = resume_point(spool, &self.disk)?;
-        self.follower = Follower::new(spool, self.disk, start);
+        self.follower = follower(spool, self.disk, start, self.follower.direct);
         self.window = j.map;
         self.window_log.clear();
         self.since_cp = None;

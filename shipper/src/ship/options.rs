@@ -34,6 +34,10 @@ pub struct ShipOptions {
     pub index_file: Option<PathBuf>,
     /// Who this shipper is to the disks' leases, and their timing.
     pub lease: crate::repo::lease::LeaseOptions,
+    /// Read the spool's segments with `O_DIRECT`: an agent writes them
+    /// past the page cache. Not for a process server's cache, which is
+    /// written through it.
+    pub direct_reads: bool,
 }
 
 impl ShipOptions {
@@ -54,6 +58,7 @@ impl ShipOptions {
             rpo_warn: Arc::new(AtomicU64::new(0)),
             status: None,
             index: None,
+            direct_reads: true,
         }
     }
 }

@@ -119,7 +119,7 @@ async fn add_new_disks(repo: &Repo, opts: &ShipOptions, disks: &mut Vec<DiskShip
         if disks.iter().any(|s| s.disk == d) {
             continue;
         }
-        let mut ds = DiskShipper::new(&opts.spool, d)?;
+        let mut ds = DiskShipper::new(&opts.spool, d, opts.direct_reads)?;
         // The RPO the repository already offers, before this process
         // publishes anything (unknown while the endpoint fails: it is only
         // shown, never relied on).
