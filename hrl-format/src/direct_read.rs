@@ -15,7 +15,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -155,16 +155,6 @@ impl SpoolFile {
         self.direct.store(false, Relaxed);
         Ok(())
     }
-
-    /// The first `buf.len()` bytes at `offset` (a record's frame).
-    pub fn read_small(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if !self.direct.load(Relaxed) {
-            return self.file.read_exact_at(buf, offset);
-        }
-        let b = self.read_range(offset, buf.len())?;
-        buf.copy_from_slice(&b);
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -197,9 +187,6 @@ mod tests {
             let got = f.read_range(off as u64, len).unwrap();
             assert!(got[..] == data[off..off + len], "range {off}+{len}");
         }
-        let mut frame = [0u8; 16];
-        f.read_small(&mut frame, 5000).unwrap();
-        assert_eq!(frame[..], data[5000..5016]);
         let past = f.read_range(data.len() as u64 - 5, 10).unwrap_err();
         assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
         assert!(f.read_upto(data.len() as u64 - 5, 10).unwrap()[..] == data[data.len() - 5..]);

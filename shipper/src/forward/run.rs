@@ -344,9 +344,17 @@ async fn send(
     let f = SpoolFile::open(path, true).map_err(|e| ShipError::io(path, "open", e))?;
     let len = f.file_len().map_err(|e| ShipError::io(path, "stat", e))?;
     let want = (len.saturating_sub(offset) as usize).min(crate::gateway::server::MAX_BODY - 1024);
-    let buf = f
-        .read_range(offset, want.min(RANGE.max(first_record_len(&f, offset, want))))
+    let mut buf = f
+        .read_range(offset, want.min(RANGE))
         .map_err(|e| ShipError::io(path, "read", e))?;
+    // One record larger than RANGE still goes in one request: read again
+    // to its end (its frame is in what was read).
+    let first = first_record_len(&buf, offset, want);
+    if first > buf.len() {
+        buf = f
+            .read_range(offset, first)
+            .map_err(|e| ShipError::io(path, "read", e))?;
+    }
     let mut next = stream.clone();
     let n = next.take_whole(&buf)?;
     if n == 0 {
@@ -386,12 +394,11 @@ async fn send(
     }
 }
 
-/// Bytes from `offset` to the end of the record that starts there (so one
-/// record larger than [`RANGE`] still goes in one request).
-fn first_record_len(f: &SpoolFile, offset: u64, available: usize) -> usize {
-    let mut frame = [0u8; 16];
-    if offset == 0 || f.read_small(&mut frame, offset).is_err() {
+/// Bytes from `offset` to the end of the record that starts there, from
+/// the bytes read there (`head`); 0 at the segment's start (its header).
+fn first_record_len(head: &[u8], offset: u64, available: usize) -> usize {
+    if offset == 0 {
         return 0;
     }
-    SegmentStream::record_len(&frame).unwrap_or(0).min(available)
+    SegmentStream::record_len(head).unwrap_or(0).min(available)
 }
