@@ -43,6 +43,14 @@ tag=$(date +%s)
 start_bench_gateway "$shipper" "$work" "az://bench-machine-$tag/gw" "$key"
 gpid=$GATEWAY_PID
 
+# Requests the forwarder made so far (its status file, rewritten every
+# second); 0 without one.
+forwarder_requests() {
+    python3 -c 'import json,sys
+try: print(json.load(open(sys.argv[1] + "/hrl-forwarder.status.json"))["report"]["requests"])
+except (OSError, ValueError, KeyError): print(0)' "$1"
+}
+
 # run MODE: agent + the machine's shipping process; writes its line to
 # $work/line-MODE.
 run() {
@@ -73,21 +81,23 @@ run() {
     idle=$(python3 -c 'import sys; a, s, w, i = sys.argv[1:]; print(f"{int(a) * 0.6 / float(i):.2f} s/min agent, {int(s) * 0.6 / float(i):.2f} s/min {w}")' \
         "$(($(ticks "$apid") - a0))" "$(($(ticks "$spid") - s0))" "$what" "$idle_secs")
     a0=$(ticks "$apid"); s0=$(ticks "$spid"); g0=$(ticks "$gpid")
+    local r0; r0=$(forwarder_requests "$spool")
     bytes=$(fio --name=w --directory="$work/mnt" --rw=randwrite --bs=64k --size=512m --ioengine=psync \
         --direct=1 --fsync=16 --time_based --runtime="$secs" --rate="$rate" --output-format=json 2>/dev/null |
         python3 -c 'import json,sys; print(int(json.load(sys.stdin)["jobs"][0]["write"]["io_bytes"]))')
     # The last point after the writes (10 s apart) and its shipping.
     sleep 15
     a1=$(ticks "$apid"); s1=$(ticks "$spid"); g1=$(ticks "$gpid")
+    local requests=$(($(forwarder_requests "$spool") - r0))
     stop_pid "$spid"; spid=""
     stop_pid "$apid"; apid=""
-    python3 - "$mode" "$bytes" "$a0" "$a1" "$s0" "$s1" "$g0" "$g1" "$idle" >"$work/line-$mode" <<'EOF'
+    python3 - "$mode" "$bytes" "$a0" "$a1" "$s0" "$s1" "$g0" "$g1" "$idle" "$requests" >"$work/line-$mode" <<'EOF'
 import sys
 mode, b = sys.argv[1], int(sys.argv[2]) / 1e9
 a0, a1, s0, s1, g0, g1 = (int(x) / 100 for x in sys.argv[3:9])
 agent, ship, gw = a1 - a0, s1 - s0, g1 - g0
 what = "local run --repo" if mode == "local" else "forwarder"
-print(f"{mode}: {b:.2f} GB changed; agent {agent:.1f} s CPU ({agent / b:.2f} s/GB), {what} {ship:.1f} s ({ship / b:.2f} s/GB), machine {(agent + ship) / b:.2f} s/GB" + (f"; process server {gw:.1f} s ({gw / b:.2f} s/GB)" if mode != "local" else "") + f"; idle: {sys.argv[9]}")
+print(f"{mode}: {b:.2f} GB changed; agent {agent:.1f} s CPU ({agent / b:.2f} s/GB), {what} {ship:.1f} s ({ship / b:.2f} s/GB), machine {(agent + ship) / b:.2f} s/GB" + (f"; process server {gw:.1f} s ({gw / b:.2f} s/GB); {sys.argv[10]} requests ({b * 1e6 / max(int(sys.argv[10]), 1):.0f} KB each)" if mode != "local" else "") + f"; idle: {sys.argv[9]}")
 EOF
 }
 

@@ -63,6 +63,27 @@ pub(crate) fn check_frame(signature: u64, frame: &[u8; FRAME_LEN], payload: &[u8
     }
 }
 
+/// Checks a complete `Data` frame without decoding it (a decode copies the
+/// payload, which a stream checker would drop at once): the checksum when
+/// `crc`, and that the payload holds Data's 16-byte head.
+pub(crate) fn check_data_frame(signature: u64, frame: &[u8; FRAME_LEN], payload: &[u8], crc: bool) -> FrameCheck {
+    if crc {
+        let stored = u32::from_le_bytes(arr(&frame[0..4]));
+        let computed = record_crc(signature, &frame[4..FRAME_LEN], payload);
+        if stored != computed {
+            return FrameCheck::BadCrc { stored, computed };
+        }
+    }
+    if payload.len() < crate::record::DATA_HEAD - FRAME_LEN {
+        return FrameCheck::Malformed(format!(
+            "Data payload is {} bytes, needs at least {}",
+            payload.len(),
+            crate::record::DATA_HEAD - FRAME_LEN
+        ));
+    }
+    FrameCheck::Valid(None)
+}
+
 /// Payload length a frame header declares.
 pub(crate) fn frame_payload_len(frame: &[u8; FRAME_LEN]) -> u32 {
     u32::from_le_bytes(arr(&frame[4..8]))

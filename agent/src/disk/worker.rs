@@ -96,14 +96,16 @@ pub(crate) struct Counters {
 /// Chunks handled per loop iteration before the trace buffers are read again.
 pub(super) const BATCH: usize = 64;
 /// The loop's wait between turns with nothing to capture while the disk is
-/// being written: the trace buffers are read every 10 ms.
-const WAIT_MIN: Duration = Duration::from_millis(10);
+/// being written: the trace buffers are read every 50 ms. Each turn costs
+/// the agent a wake-up and the writes it waits for; at 10 ms, under 20 MB/s
+/// of writes, the wake-ups were a fifth of its CPU, and the chunks a turn
+/// finds cool (not written for `hot_delay`, 500 ms) wait at most 10% longer.
+const WAIT_MIN: Duration = Duration::from_millis(50);
 /// A disk with no writes doubles the wait up to this, so an idle agent
-/// wakes 20 times a second rather than 100. A burst after a quiet spell
-/// waits at most this long in the trace buffer (4 MiB per CPU holds tens
-/// of thousands of completions); a request (a point, a group freeze)
-/// wakes the loop at once.
-const WAIT_MAX: Duration = Duration::from_millis(50);
+/// wakes 10 times a second. A burst after a quiet spell waits at most this
+/// long in the trace buffer (4 MiB per CPU holds tens of thousands of
+/// completions); a request (a point, a group freeze) wakes the loop at once.
+const WAIT_MAX: Duration = Duration::from_millis(100);
 
 impl DiskWorker {
     pub fn open(agent: &AgentConfig, cfg: &DiskConfig, requests: Receiver<Request>) -> Result<Self> {

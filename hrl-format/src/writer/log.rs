@@ -31,6 +31,7 @@ pub struct LogWriter {
     current: Option<SegmentWriter>,
     next_seq: u64,
     last_sync: Instant,
+    last_flush: Instant,
     recovered: Vec<RecoveredSegment>,
     _lock: File,
     lock_path: PathBuf,
@@ -101,6 +102,7 @@ impl LogWriter {
             current: None,
             next_seq,
             last_sync: Instant::now(),
+            last_flush: Instant::now(),
             recovered,
             _lock: lock,
             lock_path,
@@ -224,6 +226,7 @@ impl LogWriter {
         if let Some(c) = self.current.as_mut() {
             c.flush()?;
         }
+        self.last_flush = Instant::now();
         Ok(())
     }
 
@@ -233,18 +236,20 @@ impl LogWriter {
             c.sync()?;
         }
         self.last_sync = Instant::now();
+        self.last_flush = self.last_sync;
         Ok(())
     }
 
-    /// Periodic housekeeping: flush so followers see recent records, fsync
-    /// at the sync interval, rotate by age.
+    /// Periodic housekeeping: fsync at the sync interval, else flush at the
+    /// flush interval so followers see recent records; rotate by age.
     pub fn tick(&mut self) -> Result<()> {
         if self.too_old() {
             return self.rotate();
         }
-        self.flush()?;
         if self.last_sync.elapsed() >= self.cfg.sync_interval {
             self.sync()?;
+        } else if self.last_flush.elapsed() >= self.cfg.flush_interval {
+            self.flush()?;
         }
         Ok(())
     }

@@ -318,7 +318,7 @@ fn stream_at(path: &Path, offset: u64) -> Result<SegmentStream> {
     let buf = f
         .read_range(0, offset as usize)
         .map_err(|e| ShipError::io(path, "read", e))?;
-    let mut s = SegmentStream::new(path);
+    let mut s = SegmentStream::sender(path);
     if s.take_whole(&buf)? as u64 != offset {
         return Err(ShipError::corrupt(
             path.display().to_string(),
