@@ -396,6 +396,30 @@ fn every_peer_that_misbehaves_is_refused_and_changes_nothing() {
     assert!(rep.is_ok() && left > 0, "{rep:?}: {left} segments left");
     let (_, p) = gw.call(&web02, Method::GET, &format!("/v1/disks/{big}"), None);
     assert!(p["complete_through"].is_null(), "{p}");
+    // A bit flipped in a chunk in a machine's spool: the forwarder sends
+    // it (payload checksums are the gateway's to check), the gateway
+    // refuses it naming where, and the forwarder stops with that reason,
+    // keeping the segment.
+    let (db, _) = gw.enroll("db01");
+    let (_, bad_spool) = machine_spool(work.path(), "db01", 8, 0, 1, 7);
+    let seg = hrl_format::list_segments(&bad_spool, None).unwrap()[0].path.clone();
+    let mut r = hrl_format::SegmentReader::open(&seg, hrl_format::RecoveryMode::AbsoluteConsistency).unwrap();
+    let at = loop {
+        match r.next_record().unwrap() {
+            Some((pos, hrl_format::Record::Data(d))) if !d.data.is_empty() => break pos,
+            Some(_) => {}
+            None => panic!("no Data record"),
+        }
+    };
+    let mut b = std::fs::read(&seg).unwrap();
+    b[at as usize + hrl_format::record::DATA_HEAD + 100] ^= 0x10;
+    std::fs::write(&seg, &b).unwrap();
+    let e = gw.forward(&db, &bad_spool).unwrap_err().to_string();
+    assert!(
+        e.contains("refused the spool's bytes") && e.contains("checksum mismatch") && e.contains("db01/"),
+        "{e}"
+    );
+    assert!(seg.exists(), "the damaged segment is kept");
     // Revoked: the next request is refused, and the forwarder says so.
     Registry::update(&gw.state(), |r| r.revoke("web01", hrl_format::now_ns())).unwrap();
     let mut w = SpoolWriter::named(&spool, disk, 8, 9, "web01", "data");
