@@ -22,25 +22,150 @@ use std::sync::atomic::Ordering::Relaxed;
 /// Offset, length and memory alignment of a direct read.
 const BLOCK: usize = 4096;
 
-/// Bytes read: dereferences to what was read.
+/// A transparent huge page.
+const HUGE: usize = 2 << 20;
+
+/// Zeroed, page-aligned memory for direct I/O that stays with its owner
+/// (the agent's capture buffers, a segment writer's buffer). From 1 MiB it
+/// is rounded up to whole 2 MiB, aligned to them and advised as huge pages
+/// (`MADV_HUGEPAGE`, before it is touched): the kernel pins the pages of
+/// every direct read or write, and pinning 512 small pages cost what the
+/// copy it replaces did. On this project's test machine a 4 MiB direct
+/// read into huge pages cost 0.008 s of system CPU per GB, into small
+/// pages 0.036. Where the kernel offers no huge pages the advice does
+/// nothing.
+pub struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+// SAFETY: the buffer is plain owned memory, written only through `&mut`.
+unsafe impl Send for AlignedBuf {}
+// SAFETY: as above: a shared reference only reads.
+unsafe impl Sync for AlignedBuf {}
+
+impl AlignedBuf {
+    pub fn new(len: usize) -> Self {
+        let (size, align) = if len >= HUGE / 2 {
+            (len.next_multiple_of(HUGE), HUGE)
+        } else {
+            (len.max(BLOCK).next_multiple_of(BLOCK), BLOCK)
+        };
+        let layout = std::alloc::Layout::from_size_align(size, align).expect("valid layout");
+        // SAFETY: the layout has non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) };
+        let ptr = std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        if align == HUGE {
+            // SAFETY: advice on memory this buffer owns; an error (no
+            // huge pages here) leaves it as it was.
+            unsafe { libc::madvise(p.cast(), size, libc::MADV_HUGEPAGE) };
+        }
+        // SAFETY: `size` bytes from `p` are this buffer's.
+        unsafe { std::ptr::write_bytes(p, 0, size) };
+        AlignedBuf { ptr, layout }
+    }
+
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.layout.size() == 0
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: valid and initialized for layout.size() bytes, uniquely
+        // borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: valid and initialized for layout.size() bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// Bytes read: dereferences to what was read. `AsRef` too, so a body can
+/// own them without a copy (`Bytes::from_owner`).
 #[derive(Debug)]
 pub struct ReadBytes {
-    mem: Vec<u8>,
+    mem: ReadMem,
     range: std::ops::Range<usize>,
 }
 
-impl ReadBytes {
-    /// The memory and where in it the bytes are (to hand it over without
-    /// a copy).
-    pub fn into_parts(self) -> (Vec<u8>, std::ops::Range<usize>) {
-        (self.mem, self.range)
+#[derive(Debug)]
+enum ReadMem {
+    /// A read through the page cache: heap memory of its size.
+    Heap(Vec<u8>),
+    /// A direct read: memory from the pool, given back when dropped.
+    Pooled(Option<AlignedBuf>),
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AlignedBuf({} bytes)", self.len())
     }
 }
 
 impl std::ops::Deref for ReadBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.mem[self.range.clone()]
+        match &self.mem {
+            ReadMem::Heap(v) => &v[self.range.clone()],
+            ReadMem::Pooled(Some(b)) => &b.as_slice()[self.range.clone()],
+            ReadMem::Pooled(None) => &[],
+        }
+    }
+}
+
+impl AsRef<[u8]> for ReadBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Drop for ReadBytes {
+    fn drop(&mut self) {
+        if let ReadMem::Pooled(b) = &mut self.mem {
+            if let Some(b) = b.take() {
+                give_back(b);
+            }
+        }
+    }
+}
+
+/// Memory of direct reads kept for the next ones: a forwarder reads up to
+/// 4 MiB a request, into huge pages that are zeroed when first allocated,
+/// not on every read. At most [`POOL_MAX`] are kept.
+static POOL: std::sync::Mutex<Vec<AlignedBuf>> = std::sync::Mutex::new(Vec::new());
+const POOL_MAX: usize = 4;
+
+/// The smallest pooled buffer of at least `len` bytes, or a new one.
+fn pooled(len: usize) -> AlignedBuf {
+    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    let best = (0..pool.len())
+        .filter(|&i| pool[i].len() >= len)
+        .min_by_key(|&i| pool[i].len());
+    match best {
+        Some(i) => pool.swap_remove(i),
+        None => {
+            drop(pool);
+            AlignedBuf::new(len)
+        }
+    }
+}
+
+fn give_back(b: AlignedBuf) {
+    let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+    if pool.len() < POOL_MAX {
+        pool.push(b);
     }
 }
 
@@ -95,24 +220,53 @@ impl SpoolFile {
         // Whole blocks cover the range; the last may end past the file's
         // end (a direct read stops there).
         let span = (skip + len).div_ceil(BLOCK) * BLOCK;
-        let mut mem: Vec<u8> = Vec::with_capacity(span + BLOCK);
-        let start = mem.as_ptr().align_offset(BLOCK);
+        if self.direct.load(Relaxed) {
+            let mut buf = pooled(span);
+            let dst = buf.as_mut_slice();
+            // SAFETY: `dst` is `buf`'s memory, at least `span` bytes.
+            let got = unsafe { self.fill(dst.as_mut_ptr(), dst.len(), from, skip + len) }?;
+            let end = (skip + len).min(got);
+            return Ok(ReadBytes {
+                range: skip.min(end)..end,
+                mem: ReadMem::Pooled(Some(buf)),
+            });
+        }
+        // Through the cache: heap memory, not zeroed first (pread fills it).
+        let mut mem: Vec<u8> = Vec::with_capacity(skip + len);
+        // SAFETY: the spare capacity of `mem`, `skip + len` bytes.
+        let got = unsafe { self.fill(mem.as_mut_ptr(), skip + len, from, skip + len) }?;
+        // SAFETY: `fill` wrote the first `got` bytes.
+        unsafe { mem.set_len(got) };
+        let end = (skip + len).min(got);
+        Ok(ReadBytes {
+            range: skip.min(end)..end,
+            mem: ReadMem::Heap(mem),
+        })
+    }
+
+    /// Reads from `from` into `dst` until `need` bytes are there or the
+    /// file ends; returns how many. Direct reads ask for whole blocks.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `cap` bytes, block-aligned when
+    /// the file is open `O_DIRECT`, and `cap` at least `need` rounded up to
+    /// whole blocks then (`need` otherwise).
+    unsafe fn fill(&self, dst: *mut u8, cap: usize, from: u64, need: usize) -> io::Result<usize> {
         let mut got = 0;
-        while got < skip + len {
+        while got < need {
             let want = if self.direct.load(Relaxed) {
-                span - got
+                need.div_ceil(BLOCK) * BLOCK - got
             } else {
-                skip + len - got
+                need - got
             };
-            // SAFETY: the destination is `want` bytes of `mem`'s unused
-            // capacity from `start + got` (start + span <= capacity);
-            // pread writes at most that many, and only the bytes it
-            // reports written are counted as initialized below.
+            debug_assert!(got + want <= cap);
+            // SAFETY: `want` bytes from `dst + got` are within `cap` (the
+            // caller's promise); pread writes at most that many.
             let n = unsafe {
                 libc::pread(
                     self.file.as_raw_fd(),
-                    mem.as_mut_ptr().add(start + got).cast(),
-                    want,
+                    dst.add(got).cast(),
+                    want.min(cap - got),
                     (from + got as u64) as libc::off_t,
                 )
             };
@@ -131,18 +285,7 @@ impl SpoolFile {
                 }
             }
         }
-        // SAFETY: bytes start..start + got were written by pread above;
-        // the bytes before `start` are never read (the slice skips them),
-        // but must be initialized for a Vec: they are zeroed first.
-        unsafe {
-            std::ptr::write_bytes(mem.as_mut_ptr(), 0, start);
-            mem.set_len(start + got);
-        }
-        let end = start + (skip + len).min(got);
-        Ok(ReadBytes {
-            range: (start + skip).min(end)..end,
-            mem,
-        })
+        Ok(got)
     }
 
     fn through_cache(&self) -> io::Result<()> {
@@ -173,6 +316,55 @@ mod tests {
         ranges_read(&f, &data);
         f.through_cache().unwrap();
         ranges_read(&f, &data);
+    }
+
+    /// Small buffers are whole blocks on a block boundary; from 1 MiB they
+    /// are whole huge pages on a huge-page boundary; all start zeroed.
+    #[test]
+    fn aligned_buffers_are_zeroed_whole_blocks_or_huge_pages() {
+        for (len, size, align) in [
+            (0, BLOCK, BLOCK),
+            (100, BLOCK, BLOCK),
+            (BLOCK + 1, 2 * BLOCK, BLOCK),
+            (HUGE / 2, HUGE, HUGE),
+            (HUGE + 1, 2 * HUGE, HUGE),
+        ] {
+            let mut b = AlignedBuf::new(len);
+            assert_eq!(b.len(), size, "{len}");
+            assert_eq!(b.as_slice().as_ptr() as usize % align, 0, "{len}");
+            assert!(b.as_slice().iter().all(|&x| x == 0), "{len}");
+            b.as_mut_slice()[size - 1] = 7;
+            assert_eq!(b.as_slice()[size - 1], 7);
+        }
+    }
+
+    /// A direct read's memory goes back to the pool when its bytes are
+    /// dropped, and the next read of that size lands in it.
+    #[test]
+    fn direct_reads_reuse_their_memory() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("seg");
+        let data: Vec<u8> = (0..3 * BLOCK).map(|i| (i * 13 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let f = SpoolFile::open(&path, true).unwrap();
+        if !f.direct.load(Relaxed) {
+            let why = format!("skipped: {} refuses O_DIRECT", d.path().display());
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+            eprintln!("{why}");
+            return;
+        }
+        let a = f.read_range(5, 2 * BLOCK).unwrap();
+        let at = a.as_ptr() as usize - 5;
+        assert!(a[..] == data[5..5 + 2 * BLOCK]);
+        drop(a);
+        let b = f.read_range(BLOCK as u64 + 7, BLOCK).unwrap();
+        assert_eq!(b.as_ptr() as usize - 7, at, "the pooled memory is read into again");
+        // The first read's 3 blocks, not the 2 this read needs.
+        assert!(
+            matches!(&b.mem, ReadMem::Pooled(Some(m)) if m.len() == 3 * BLOCK),
+            "{b:?}"
+        );
+        assert!(b[..] == data[BLOCK + 7..2 * BLOCK + 7]);
     }
 
     fn ranges_read(f: &SpoolFile, data: &[u8]) {

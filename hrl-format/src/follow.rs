@@ -58,7 +58,9 @@ struct Open {
 
 /// Bytes read ahead per read: a follower reads a segment in large reads,
 /// not two small reads per record.
-const READ_AHEAD: usize = 4 << 20;
+/// 4 MiB less a block, so that a direct read starting inside a block fits
+/// in two huge pages ([`crate::direct_read::AlignedBuf`]).
+const READ_AHEAD: usize = (4 << 20) - 4096;
 
 impl Open {
     /// `n` bytes at `pos`, or `None` when the file is shorter. `fresh`:

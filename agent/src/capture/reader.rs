@@ -12,43 +12,17 @@ use std::time::{Duration, Instant};
 
 use crate::error::{AgentError, Result};
 
-/// A page-aligned heap buffer (O_DIRECT needs aligned memory).
-pub struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    layout: std::alloc::Layout,
-}
-
-// SAFETY: the buffer is plain owned memory.
-unsafe impl Send for AlignedBuf {}
-
-impl AlignedBuf {
-    pub fn new(len: usize) -> Self {
-        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).expect("valid layout");
-        // SAFETY: the layout has non-zero size.
-        let p = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, layout }
-    }
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: valid for layout.size() bytes, uniquely borrowed.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
-    }
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: valid for layout.size() bytes.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated with this layout.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
-    }
-}
+use hrl_format::direct_read::AlignedBuf;
 
 /// Chunks read per batch: the io_uring queue depth, and the number of
 /// chunk buffers the reader keeps (64 KiB chunks: 2 MiB of buffers).
 pub const QUEUE_DEPTH: usize = 32;
+
+/// Bytes between two chunk buffers: a chunk rounded up to whole 4 KiB
+/// blocks (what a direct read of it asks for).
+fn stride(chunk_size: u64) -> usize {
+    (chunk_size as usize).next_multiple_of(4096)
+}
 
 /// The capture ring: one submitter whose completions wait until it asks for
 /// them (`DEFER_TASKRUN`, Linux 6.1), created disabled so that the thread
@@ -87,7 +61,9 @@ pub struct ChunkReader {
     path: PathBuf,
     pub chunk_size: u64,
     pub device_size: u64,
-    bufs: Vec<AlignedBuf>,
+    /// Every chunk buffer of a batch, one after the other: one allocation
+    /// (2 MiB at 64 KiB chunks, huge pages where the kernel has them).
+    bufs: AlignedBuf,
     /// Length of each buffer's chunk in the last batch.
     lens: Vec<usize>,
     ring: Option<io_uring::IoUring>,
@@ -122,7 +98,7 @@ impl ChunkReader {
             path: path.into(),
             chunk_size: chunk_size as u64,
             device_size,
-            bufs: (0..QUEUE_DEPTH).map(|_| AlignedBuf::new(chunk_size as usize)).collect(),
+            bufs: AlignedBuf::new(QUEUE_DEPTH * stride(chunk_size as u64)),
             lens: vec![0; QUEUE_DEPTH],
             ring,
             ring_disabled,
@@ -177,9 +153,7 @@ impl ChunkReader {
                 // Requests may still be in flight into the old buffers:
                 // leak them with the ring (once per agent) rather than let
                 // the kernel write into freed memory.
-                let fresh = (0..QUEUE_DEPTH)
-                    .map(|_| AlignedBuf::new(self.chunk_size as usize))
-                    .collect();
+                let fresh = AlignedBuf::new(QUEUE_DEPTH * stride(self.chunk_size));
                 std::mem::forget(std::mem::replace(&mut self.bufs, fresh));
                 std::mem::forget(self.ring.take());
                 done.iter_mut().for_each(|d| *d = 0);
@@ -193,9 +167,14 @@ impl ChunkReader {
         Ok(())
     }
 
+    /// Where chunk buffer `i` starts.
+    fn at(&self, i: usize) -> usize {
+        i * stride(self.chunk_size)
+    }
+
     /// Chunk `i` of the last batch.
     pub fn batch(&self, i: usize) -> &[u8] {
-        &self.bufs[i].as_slice()[..self.lens[i]]
+        &self.bufs.as_slice()[self.at(i)..][..self.lens[i]]
     }
 
     fn submit_ring(&mut self, chunks: &[u64], done: &mut [usize]) -> std::io::Result<()> {
@@ -204,6 +183,7 @@ impl ChunkReader {
         let fd = types::Fd(self.file.as_raw_fd());
         let ranges: Vec<(u64, usize)> = chunks.iter().map(|&c| self.range(c)).collect();
         let wants: Vec<usize> = ranges.iter().map(|r| self.want(r.1)).collect();
+        let stride = stride(self.chunk_size);
         let Some(ring) = self.ring.as_mut() else { return Ok(()) };
         if self.ring_disabled {
             // This thread becomes the ring's only submitter.
@@ -211,7 +191,7 @@ impl ChunkReader {
             self.ring_disabled = false;
         }
         for (i, &(off, _)) in ranges.iter().enumerate() {
-            let buf = self.bufs[i].as_mut_slice();
+            let buf = &mut self.bufs.as_mut_slice()[i * stride..];
             let sqe = opcode::Read::new(fd, buf.as_mut_ptr(), wants[i] as u32)
                 .offset(off)
                 .build()
@@ -251,7 +231,8 @@ impl ChunkReader {
         let (off, len) = self.range(c);
         let want = self.want(len);
         self.lens[i] = len;
-        let buf = &mut self.bufs[i].as_mut_slice()[..want];
+        let at = self.at(i);
+        let buf = &mut self.bufs.as_mut_slice()[at..at + want];
         while done < len {
             // O_DIRECT needs an aligned file offset: restart a short read at
             // the block it stopped in.

@@ -6,8 +6,8 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::capture::reader::AlignedBuf;
 use crate::error::{AgentError, Result};
+use hrl_format::direct_read::AlignedBuf;
 
 pub struct Direct {
     file: File,

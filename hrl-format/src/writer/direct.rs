@@ -21,6 +21,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
+use crate::direct_read::AlignedBuf;
+
 /// The block size direct writes are aligned to (offset, length, memory):
 /// that of every Linux filesystem on 512 or 4096-byte sectors.
 const BLOCK: usize = 4096;
@@ -34,11 +36,10 @@ pub(super) struct AppendFile {
     cached: File,
     /// The same file opened `O_DIRECT`; `None` where refused.
     direct: Option<File>,
-    /// Memory holding the bytes from file offset `base`; `start` is the
-    /// index of the first block-aligned address in it.
-    mem: Vec<u8>,
-    start: usize,
-    /// A block-aligned file offset: `mem[start]` holds its byte.
+    /// Memory holding the bytes from file offset `base` (block-aligned,
+    /// in huge pages where the kernel has them: `AlignedBuf`).
+    mem: AlignedBuf,
+    /// A block-aligned file offset: `mem[0]` holds its byte.
     base: u64,
     /// Logical end of the file: written plus gathered.
     end: u64,
@@ -62,8 +63,7 @@ impl AppendFile {
         let mut f = AppendFile {
             cached,
             direct,
-            mem: Vec::new(),
-            start: 0,
+            mem: AlignedBuf::new(0),
             base: align_down(written),
             end: written,
             written,
@@ -94,18 +94,17 @@ impl AppendFile {
         (self.end - self.written) as usize
     }
 
-    /// New memory of `capacity` bytes past an aligned start; only when
+    /// New memory of at least `capacity` bytes; only when
     /// nothing is pending (the bytes before `end` in the block are written
     /// and never written again, so they need not be kept).
     fn grow(&mut self, capacity: usize) {
         debug_assert_eq!(self.end, self.written);
-        self.mem = vec![0u8; capacity + 2 * BLOCK];
-        self.start = self.mem.as_ptr().align_offset(BLOCK);
+        self.mem = AlignedBuf::new(capacity + 2 * BLOCK);
     }
 
     /// Index in `mem` of file offset `at`.
     fn idx(&self, at: u64) -> usize {
-        self.start + (at - self.base) as usize
+        (at - self.base) as usize
     }
 
     /// Gathers `parts`, one after the other, at the end; flushes first
@@ -120,7 +119,7 @@ impl AppendFile {
         }
         for p in parts {
             let i = self.idx(self.end);
-            self.mem[i..i + p.len()].copy_from_slice(p);
+            self.mem.as_mut_slice()[i..i + p.len()].copy_from_slice(p);
             self.end += p.len() as u64;
         }
         Ok(())
@@ -135,7 +134,7 @@ impl AppendFile {
         while at < self.end {
             if at % BLOCK as u64 == 0 && at < whole_end {
                 if let Some(d) = &self.direct {
-                    match d.write_at(&self.mem[self.idx(at)..self.idx(whole_end)], at) {
+                    match d.write_at(&self.mem.as_slice()[self.idx(at)..self.idx(whole_end)], at) {
                         Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                         Ok(n) => at += n as u64,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -153,7 +152,8 @@ impl AppendFile {
             } else {
                 (align_down(at) + BLOCK as u64).min(self.end)
             };
-            self.cached.write_all_at(&self.mem[self.idx(at)..self.idx(to)], at)?;
+            self.cached
+                .write_all_at(&self.mem.as_slice()[self.idx(at)..self.idx(to)], at)?;
             at = to;
             self.written = at;
         }

@@ -24,8 +24,10 @@ pub use super::status::ForwardReport;
 use crate::error::{Result, ShipError};
 use crate::gateway::ingest::DiskProgress;
 
-/// Bytes read from a segment per request (more when one record is larger).
-const RANGE: usize = 4 << 20;
+/// Bytes read from a segment per request (more when one record is larger):
+/// 4 MiB less a block, so that a read starting inside a block still fits
+/// in two huge pages (`hrl_format::direct_read::AlignedBuf`).
+const RANGE: usize = (4 << 20) - 4096;
 
 /// What `run --gateway` is told.
 #[derive(Debug, Clone)]
@@ -361,9 +363,9 @@ async fn send(
         st.stream = Some((seq, stream));
         return Ok(false);
     }
-    // The request body owns the read's memory: no copy.
-    let (mem, range) = buf.into_parts();
-    let body = bytes::Bytes::from(mem).slice(range.start..range.start + n);
+    // The request body owns the read's memory: no copy (it goes back to
+    // the read pool when the request is done with it).
+    let body = bytes::Bytes::from_owner(buf).slice(..n);
     report.requests += 1;
     let r = c
         .call(
