@@ -25,12 +25,13 @@ const BLOCK: usize = 4096;
 /// A transparent huge page.
 const HUGE: usize = 2 << 20;
 
-/// Zeroed, page-aligned memory for direct I/O that stays with its owner
-/// (the agent's capture buffers, a segment writer's buffer). From 1 MiB it
-/// is rounded up to whole 2 MiB, aligned to them and advised as huge pages
-/// (`MADV_HUGEPAGE`, before it is touched): the kernel pins the pages of
-/// every direct read or write, and pinning 512 small pages cost what the
-/// copy it replaces did. On this project's test machine a 4 MiB direct
+/// Zeroed, page-aligned memory for direct I/O, allocated once and used
+/// again (the agent's capture buffers, a segment writer's buffer, pooled
+/// direct reads). From 1 MiB it is rounded up to whole 2 MiB, aligned to
+/// them and advised as huge pages (`MADV_HUGEPAGE`, before it is touched):
+/// the kernel pins the pages of every direct read or write, and pinning
+/// small pages one by one is most of what such a transfer costs the CPU.
+/// On this project's test machine a 4 MiB direct
 /// read into huge pages cost 0.008 s of system CPU per GB, into small
 /// pages 0.036. Where the kernel offers no huge pages the advice does
 /// nothing.
@@ -143,9 +144,12 @@ impl Drop for ReadBytes {
 
 /// Memory of direct reads kept for the next ones: a forwarder reads up to
 /// 4 MiB a request, into huge pages that are zeroed when first allocated,
-/// not on every read. At most [`POOL_MAX`] are kept.
+/// not on every read. At most [`POOL_MAX`] are kept, none larger than
+/// [`POOL_LARGEST`] (a resuming forwarder reads a segment's whole head
+/// once: that memory is freed, not kept).
 static POOL: std::sync::Mutex<Vec<AlignedBuf>> = std::sync::Mutex::new(Vec::new());
 const POOL_MAX: usize = 4;
+const POOL_LARGEST: usize = 8 << 20;
 
 /// The smallest pooled buffer of at least `len` bytes, or a new one.
 fn pooled(len: usize) -> AlignedBuf {
@@ -164,7 +168,7 @@ fn pooled(len: usize) -> AlignedBuf {
 
 fn give_back(b: AlignedBuf) {
     let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-    if pool.len() < POOL_MAX {
+    if pool.len() < POOL_MAX && b.len() <= POOL_LARGEST {
         pool.push(b);
     }
 }

@@ -24,9 +24,9 @@ pub struct LogConfig {
     pub sync_interval: Duration,
     /// Longest time an appended record may wait in the writer's buffer
     /// before [`LogWriter::tick`] makes it visible to followers. Each flush
-    /// is a write the agent waits for; flushing on every turn of its loop
-    /// (100 a second under writes) cost it more than the bytes did, while
-    /// a forwarder looks only twice a second. A point's tag is synced, and
+    /// is a write the agent waits for (a wake-up), so it is not done on
+    /// every turn of its loop; a forwarder looks only twice a second
+    /// anyway. A point's tag is synced, and
     /// so made visible, at once whatever this says.
     pub flush_interval: Duration,
     /// Host and disk name, written first in every segment (an Identity
