@@ -166,10 +166,18 @@ fn pooled(len: usize) -> AlignedBuf {
     }
 }
 
+/// Keeps `b` for a later read: in a free place, else in place of a
+/// smaller one (small reads, a segment's header, must not crowd out the
+/// 4 MiB a forwarder reads per request).
 fn give_back(b: AlignedBuf) {
+    if b.len() > POOL_LARGEST {
+        return;
+    }
     let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
-    if pool.len() < POOL_MAX && b.len() <= POOL_LARGEST {
+    if pool.len() < POOL_MAX {
         pool.push(b);
+    } else if let Some(small) = pool.iter_mut().min_by_key(|m| m.len()).filter(|m| m.len() < b.len()) {
+        *small = b;
     }
 }
 
@@ -369,6 +377,15 @@ mod tests {
             "{b:?}"
         );
         assert!(b[..] == data[BLOCK + 7..2 * BLOCK + 7]);
+        drop(b);
+        // Small reads fill the pool; a large one's memory still stays.
+        let small: Vec<_> = (0..POOL_MAX).map(|_| f.read_range(0, 10).unwrap()).collect();
+        let large = f.read_upto(0, 5 * BLOCK).unwrap();
+        assert_eq!(large.len(), 3 * BLOCK);
+        drop(small);
+        drop(large);
+        let kept: Vec<usize> = POOL.lock().unwrap().iter().map(|m| m.len()).collect();
+        assert!(kept.contains(&(5 * BLOCK)), "the large memory was kept: {kept:?}");
     }
 
     fn ranges_read(f: &SpoolFile, data: &[u8]) {
