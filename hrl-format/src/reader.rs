@@ -52,10 +52,8 @@ pub(crate) enum FrameCheck {
 
 /// Checks a complete frame (12-byte frame header plus payload).
 pub(crate) fn check_frame(signature: u64, frame: &[u8; FRAME_LEN], payload: &[u8]) -> FrameCheck {
-    let stored = u32::from_le_bytes(arr(&frame[0..4]));
-    let computed = record_crc(signature, &frame[4..FRAME_LEN], payload);
-    if stored != computed {
-        return FrameCheck::BadCrc { stored, computed };
+    if let Some(bad) = bad_crc(signature, frame, payload) {
+        return bad;
     }
     match Record::decode_payload(frame[8], payload) {
         Ok(r) => FrameCheck::Valid(r),
@@ -67,12 +65,8 @@ pub(crate) fn check_frame(signature: u64, frame: &[u8; FRAME_LEN], payload: &[u8
 /// payload, which a stream checker would drop at once): the checksum when
 /// `crc`, and that the payload holds Data's 16-byte head.
 pub(crate) fn check_data_frame(signature: u64, frame: &[u8; FRAME_LEN], payload: &[u8], crc: bool) -> FrameCheck {
-    if crc {
-        let stored = u32::from_le_bytes(arr(&frame[0..4]));
-        let computed = record_crc(signature, &frame[4..FRAME_LEN], payload);
-        if stored != computed {
-            return FrameCheck::BadCrc { stored, computed };
-        }
+    if let Some(bad) = crc.then(|| bad_crc(signature, frame, payload)).flatten() {
+        return bad;
     }
     if payload.len() < crate::record::DATA_HEAD - FRAME_LEN {
         return FrameCheck::Malformed(format!(
@@ -82,6 +76,13 @@ pub(crate) fn check_data_frame(signature: u64, frame: &[u8; FRAME_LEN], payload:
         ));
     }
     FrameCheck::Valid(None)
+}
+
+/// `BadCrc` when the checksum the frame stores is not the one computed.
+fn bad_crc(signature: u64, frame: &[u8; FRAME_LEN], payload: &[u8]) -> Option<FrameCheck> {
+    let stored = u32::from_le_bytes(arr(&frame[0..4]));
+    let computed = record_crc(signature, &frame[4..FRAME_LEN], payload);
+    (stored != computed).then_some(FrameCheck::BadCrc { stored, computed })
 }
 
 /// Payload length a frame header declares.
